@@ -1,0 +1,50 @@
+# One task runner for the project. `make help` lists the targets.
+# Every target bootstraps the project's own virtualenv (.venv) from requirements.txt when it
+# is missing or older than requirements.txt, so a fresh clone needs only Python 3.11+ and make.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Tests and the demo read MNIST from here when it exists (no download needed).
+SHARED_MNIST := $(abspath ../shared/data/mnist)
+export MNIST_DATA_DIR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo train test test-fast lint format bench
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $(STAMP)
+
+venv: $(STAMP) ## Create or update the local virtualenv (.venv) from requirements.txt
+
+demo: $(STAMP) ## Run the main job end to end on the local default (train on MNIST, print the result)
+	$(PY) -m scripts demo
+
+train: $(STAMP) ## Train once with the default hyperparameters into ./outputs
+	$(PY) -m training.train
+
+test: $(STAMP) ## Run the whole test suite (lint included)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest
+
+test-fast: $(STAMP) ## Run the tests that do not train a model
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP) ## Lint and check formatting with ruff
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+format: $(STAMP) ## Fix lint and format with ruff
+	$(PY) -m ruff check --fix . && $(PY) -m ruff format .
+
+bench: $(STAMP) ## Run the benchmarks (training speed) and print ratios against their baselines
+	$(PY) -m benchmarks.train_speed
