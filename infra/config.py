@@ -1,0 +1,396 @@
+"""The stack configuration: declared once in ``Pulumi.yaml``, validated here before anything exists.
+
+``validate_config`` is a pure function (no Pulumi runtime) shared by the Pulumi program, the
+``preflight`` command and the tests. Defaults come from the declarations in ``Pulumi.yaml``, so a
+value missing from the stack means the declared default, whoever reads it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infra.catalog import AZURE_ML_REGIONS, CPU_VM_SIZES, GPU_VM_SIZES, RETIRED_VM_SIZES
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_FILE = PROJECT_ROOT / "Pulumi.yaml"
+
+PROFILES: dict[str, str] = {
+    "standard": "managed network isolation; public endpoints protected by Entra ID",
+    "private": "public network access off; private endpoints and private DNS zones",
+}
+PRIORITIES: tuple[str, ...] = ("Dedicated", "LowPriority")
+GPU_CLUSTER_NAME = "gpu-cluster"
+CPU_CLUSTER_NAME = "cpu-cluster"
+DATASETS_CONTAINER = "datasets"
+DATASETS_DATASTORE = "datasets"
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_PROJECT = re.compile(r"^[a-z][a-z0-9]{1,9}$")
+_ENVIRONMENT = re.compile(r"^[a-z0-9]{1,6}$")
+_TYPES = ("string", "integer", "boolean", "array")
+
+
+class ConfigError(ValueError):
+    """One or more configuration values are wrong; each problem names its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(
+            "invalid stack configuration:\n" + "\n".join(f"  - {p}" for p in self.problems)
+        )
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One config key as ``Pulumi.yaml`` declares it."""
+
+    key: str
+    type: str
+    description: str
+    default: Any
+
+
+@dataclass(frozen=True)
+class ProjectFile:
+    """The Pulumi project name and its declared config keys."""
+
+    name: str
+    settings: Mapping[str, Setting]
+
+
+def load_project(path: Path = PROJECT_FILE) -> ProjectFile:
+    """Read the project name and the config declarations from ``Pulumi.yaml``."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path} is not valid YAML: {exc}"]) from exc
+    if not isinstance(document, dict) or not isinstance(document.get("name"), str):
+        raise ConfigError([f"{path} has no project `name`"])
+    problems: list[str] = []
+    settings: dict[str, Setting] = {}
+    for key, decl in (document.get("config") or {}).items():
+        if not isinstance(decl, dict):
+            problems.append(f"{key}: declare it as a mapping with type, description and default")
+            continue
+        missing = [part for part in ("type", "description", "default") if part not in decl]
+        if missing:
+            problems.append(f"{key}: declaration in {path.name} lacks {', '.join(missing)}")
+            continue
+        if decl["type"] not in _TYPES:
+            problems.append(f"{key}: unknown type {decl['type']!r}; allowed: {', '.join(_TYPES)}")
+            continue
+        settings[key] = Setting(key, decl["type"], str(decl["description"]), decl["default"])
+    if problems:
+        raise ConfigError(problems)
+    return ProjectFile(document["name"], settings)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """An AmlCompute cluster as the configuration asks for it."""
+
+    name: str
+    vm_size: str
+    vcpus_per_node: int
+    gpus_per_node: int
+    min_nodes: int
+    max_nodes: int
+    priority: str
+    idle_seconds: int
+
+    @property
+    def idle_time_before_scale_down(self) -> str:
+        """The idle time as the ARM API wants it (ISO 8601 duration)."""
+        return f"PT{self.idle_seconds}S"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A user or group that gets the data scientist roles."""
+
+    object_id: str
+    principal_type: str  # "User" or "Group", as Azure RBAC spells it
+
+
+@dataclass(frozen=True)
+class InfraConfig:
+    """The validated configuration of one stack."""
+
+    project: str
+    environment: str
+    owner: str
+    location: str
+    profile: str
+    gpu: ClusterSpec
+    cpu: ClusterSpec | None
+    data_scientists: tuple[Principal, ...]
+    log_retention_days: int
+    private_address_prefix: str
+
+    @property
+    def private(self) -> bool:
+        return self.profile == "private"
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """Tags for every taggable resource (cost tracking)."""
+        return {
+            "project": self.project,
+            "environment": self.environment,
+            "owner": self.owner,
+            "managed-by": "pulumi",
+        }
+
+    @property
+    def clusters(self) -> tuple[ClusterSpec, ...]:
+        return (self.gpu,) if self.cpu is None else (self.gpu, self.cpu)
+
+
+def _allowed(values: Any) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+class _Reader:
+    """Coerces raw values (strings from Pulumi, or YAML scalars) and collects problems."""
+
+    def __init__(self, values: Mapping[str, Any], project: ProjectFile) -> None:
+        self.values = values
+        self.project = project
+        self.problems: list[str] = []
+
+    def raw(self, key: str) -> Any:
+        value = self.values.get(key)
+        return self.project.settings[key].default if value is None else value
+
+    def string(self, key: str) -> str:
+        value = self.raw(key)
+        if isinstance(value, (dict, list)):
+            self.problems.append(f"{key}: expected a string, got {json.dumps(value)}")
+            return ""
+        return str(value).strip()
+
+    def integer(self, key: str, low: int, high: int) -> int:
+        value = self.raw(key)
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            number = int(value)
+        except (TypeError, ValueError):
+            self.problems.append(f"{key}: expected an integer, got {value!r}")
+            return low
+        if not low <= number <= high:
+            self.problems.append(f"{key}: {number} is out of range; allowed: {low} to {high}")
+        return number
+
+    def boolean(self, key: str) -> bool:
+        value = self.raw(key)
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "false"):
+            return text == "true"
+        self.problems.append(f"{key}: expected true or false, got {value!r}")
+        return False
+
+    def strings(self, key: str) -> list[str]:
+        value = self.raw(key)
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else []
+            except json.JSONDecodeError:
+                value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.problems.append(f"{key}: expected a list of strings, got {value!r}")
+            return []
+        return [v.strip() for v in value]
+
+    def choice(self, key: str, allowed: tuple[str, ...] | list[str]) -> str:
+        value = self.string(key)
+        matches = [a for a in allowed if a.lower() == value.lower()]
+        if not matches:
+            self.problems.append(f"{key}: {value!r} is not allowed; allowed: {_allowed(allowed)}")
+            return allowed[0]
+        return matches[0]
+
+    def vm_size(self, key: str, catalog: Mapping[str, Any]) -> str:
+        value = self.string(key)
+        for name in catalog:
+            if name.lower() == value.lower():
+                return name
+        for name, why in RETIRED_VM_SIZES.items():
+            if name.lower() == value.lower():
+                self.problems.append(
+                    f"{key}: {name} is retired ({why}); allowed: {_allowed(catalog)}"
+                )
+                return next(iter(catalog))
+        self.problems.append(
+            f"{key}: {value!r} is not a supported size; allowed: {_allowed(catalog)}"
+        )
+        return next(iter(catalog))
+
+
+def validate_config(
+    values: Mapping[str, Any],
+    project: ProjectFile | None = None,
+    *,
+    reject_unknown: bool = True,
+) -> InfraConfig:
+    """Turn raw config values (key -> value; missing means the declared default) into an
+    ``InfraConfig``, or raise ``ConfigError`` naming every wrong key and its allowed values."""
+    project = project or load_project()
+    read = _Reader(values, project)
+    if reject_unknown:
+        for key in values:
+            if key not in project.settings:
+                read.problems.append(
+                    f"{key}: unknown key for project {project.name}; "
+                    f"known keys: {_allowed(sorted(project.settings))}"
+                )
+
+    name = read.string("project")
+    if not _PROJECT.match(name):
+        read.problems.append(
+            f"project: {name!r} must be 2-10 lowercase letters or digits starting with a letter "
+            "(it goes into storage and registry names)"
+        )
+    environment = read.string("environment")
+    if not _ENVIRONMENT.match(environment):
+        read.problems.append(
+            f"environment: {environment!r} must be 1-6 lowercase letters or digits"
+        )
+    owner = read.string("owner")
+    if not owner:
+        read.problems.append("owner: must not be empty (it is the cost-tracking tag)")
+
+    location = read.string("location").lower().replace(" ", "")
+    if location not in AZURE_ML_REGIONS:
+        read.problems.append(
+            f"location: {location!r} is not an Azure region with Azure Machine Learning; "
+            f"allowed: {_allowed(AZURE_ML_REGIONS)}"
+        )
+    profile = read.choice("profile", tuple(PROFILES))
+    idle = read.integer("idleSecondsBeforeScaleDown", 60, 86_400)
+
+    gpu_size = read.vm_size("gpuVmSize", GPU_VM_SIZES)
+    gpu_min = read.integer("gpuMinNodes", 0, 100)
+    gpu_max = read.integer("gpuMaxNodes", 1, 100)
+    if gpu_max < gpu_min:
+        read.problems.append(
+            f"gpuMaxNodes: {gpu_max} is less than gpuMinNodes ({gpu_min}); "
+            f"allowed: {gpu_min} to 100"
+        )
+    gpu = ClusterSpec(
+        name=GPU_CLUSTER_NAME,
+        vm_size=gpu_size,
+        vcpus_per_node=GPU_VM_SIZES[gpu_size].vcpus,
+        gpus_per_node=GPU_VM_SIZES[gpu_size].gpus,
+        min_nodes=gpu_min,
+        max_nodes=gpu_max,
+        priority=read.choice("gpuPriority", PRIORITIES),
+        idle_seconds=idle,
+    )
+
+    cpu: ClusterSpec | None = None
+    cpu_size = read.vm_size("cpuVmSize", CPU_VM_SIZES)
+    cpu_max = read.integer("cpuMaxNodes", 1, 100)
+    if read.boolean("cpuCluster"):
+        cpu = ClusterSpec(
+            name=CPU_CLUSTER_NAME,
+            vm_size=cpu_size,
+            vcpus_per_node=CPU_VM_SIZES[cpu_size].vcpus,
+            gpus_per_node=0,
+            min_nodes=0,
+            max_nodes=cpu_max,
+            priority="Dedicated",
+            idle_seconds=idle,
+        )
+    elif profile == "private":
+        read.problems.append(
+            "cpuCluster: the private profile builds images on the CPU cluster "
+            "(the registry has no public endpoint); allowed: true"
+        )
+
+    principals: list[Principal] = []
+    for key, kind in (("dataScientistUsers", "User"), ("dataScientistGroups", "Group")):
+        for object_id in read.strings(key):
+            if _GUID.match(object_id):
+                principals.append(Principal(object_id.lower(), kind))
+            else:
+                read.problems.append(
+                    f"{key}: {object_id!r} is not an Entra ID object ID "
+                    "(a GUID such as 00000000-0000-0000-0000-000000000000)"
+                )
+
+    retention = read.integer("logRetentionDays", 30, 730)
+    prefix = read.string("privateAddressPrefix")
+    try:
+        network = ipaddress.ip_network(prefix, strict=True)
+        if network.version != 4 or not 16 <= network.prefixlen <= 27 or not network.is_private:
+            raise ValueError
+    except ValueError:
+        read.problems.append(
+            f"privateAddressPrefix: {prefix!r} must be a private IPv4 CIDR block "
+            "from /16 to /27 (e.g. 10.42.0.0/24)"
+        )
+
+    if read.problems:
+        raise ConfigError(read.problems)
+    return InfraConfig(
+        project=name,
+        environment=environment,
+        owner=owner,
+        location=location,
+        profile=profile,
+        gpu=gpu,
+        cpu=cpu,
+        data_scientists=tuple(principals),
+        log_retention_days=retention,
+        private_address_prefix=prefix,
+    )
+
+
+@dataclass(frozen=True)
+class ResourceNames:
+    """Azure names of the stack's resources.
+
+    Names that Azure keeps after deletion (soft-deleted key vaults and workspaces, Log Analytics
+    workspaces) or that must be globally unique carry ``suffix``: a random string kept in the
+    stack state, so ``pulumi destroy`` then ``pulumi up`` creates fresh names instead of
+    colliding with the soft-deleted ones.
+    """
+
+    resource_group: str
+    storage_account: str
+    key_vault: str
+    container_registry: str
+    log_analytics: str
+    app_insights: str
+    workspace: str
+    compute_identity: str
+    virtual_network: str
+
+
+def resource_names(project: str, environment: str, suffix: str) -> ResourceNames:
+    """Derive every Azure name from the project, environment and the stack's random suffix."""
+    compact = f"{project}{environment}{suffix}"
+    return ResourceNames(
+        resource_group=f"rg-{project}-{environment}",
+        storage_account=f"st{compact}"[:24],
+        key_vault=f"kv{compact}"[:24],
+        container_registry=f"cr{compact}"[:50],
+        log_analytics=f"log-{project}-{environment}-{suffix}",
+        app_insights=f"appi-{project}-{environment}-{suffix}",
+        workspace=f"mlw-{project}-{environment}-{suffix}"[:33],
+        compute_identity=f"id-{project}-{environment}-compute",
+        virtual_network=f"vnet-{project}-{environment}",
+    )
