@@ -201,7 +201,10 @@ def download(spec: IdxFile, cache_dir: Path, mirrors: Sequence[str] = MIRRORS) -
         tmp = Path(tmp_name)
         try:
             request = urllib.request.Request(url, headers={"User-Agent": "tf-mnist-azureml"})
-            with urllib.request.urlopen(request, timeout=30) as response, os.fdopen(fd, "wb") as out:
+            with (
+                urllib.request.urlopen(request, timeout=30) as response,
+                os.fdopen(fd, "wb") as out,
+            ):
                 total = int(response.headers.get("Content-Length") or 0) or None
                 with tqdm(total=total, unit="B", unit_scale=True, desc=spec.archive) as bar:
                     while chunk := response.read(1 << 16):
@@ -272,4 +275,3 @@ def load_mnist(
         arrays["test_labels"],
         source,
     )
-

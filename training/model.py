@@ -1,0 +1,60 @@
+"""The article's MNIST DNN and its learning-rate schedule.
+
+Kept free of distribution concerns: callers build these inside a strategy scope. Written
+against the Keras API shared by Keras 3 (TF >= 2.16) and tf.keras 2.12 (the Horovod
+environment), so one package serves both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+NUM_PIXELS = 28 * 28
+NUM_CLASSES = 10
+
+
+def build_model(first_layer_neurons: int, second_layer_neurons: int, dropout: float) -> keras.Model:
+    """784 -> first -> second -> 10 softmax: the article's 300-100 DNN by default.
+
+    Dropout after each hidden layer is the only addition; it is off at inference, so the
+    saved model maps float32 [batch, 784] pixels in [0, 1] to class probabilities.
+    """
+    layers: list[keras.layers.Layer] = [keras.Input(shape=(NUM_PIXELS,), name="pixels")]
+    for index, units in enumerate((first_layer_neurons, second_layer_neurons), start=1):
+        layers.append(keras.layers.Dense(units, activation="relu", name=f"hidden{index}"))
+        if dropout > 0:
+            layers.append(keras.layers.Dropout(dropout, name=f"dropout{index}"))
+    layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities"))
+    return keras.Sequential(layers, name="mnist_dnn")
+
+
+@keras.utils.register_keras_serializable(package="mnist")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay to zero.
+
+    Large-batch training of a small net converges fastest when the rate ramps up, peaks
+    high and anneals to zero by the last step (the "one-cycle" recipe).
+    """
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int) -> None:
+        self.peak = float(peak)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step: tf.Tensor) -> tf.Tensor:
+        step = tf.cast(step, tf.float32)
+        warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
+        decay = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
+        progress = tf.clip_by_value((step - warmup) / decay, 0.0, 1.0)
+        cosine = 0.5 * self.peak * (1.0 + tf.cos(math.pi * progress))
+        return tf.where(step < warmup, self.peak * (step + 1.0) / warmup, cosine)
+
+    def get_config(self) -> dict[str, float | int]:
+        return {
+            "peak": self.peak,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+        }
