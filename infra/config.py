@@ -394,3 +394,39 @@ def resource_names(project: str, environment: str, suffix: str) -> ResourceNames
         compute_identity=f"id-{project}-{environment}-compute",
         virtual_network=f"vnet-{project}-{environment}",
     )
+
+
+def read_stack_values(
+    stack: str, project: ProjectFile, root: Path = PROJECT_ROOT
+) -> dict[str, Any]:
+    """The project's keys (namespace stripped) from ``Pulumi.<stack>.yaml``, read offline.
+
+    Used where the Pulumi CLI is not needed (``preflight``); the program itself gets the same
+    values from the CLI through ``pulumi.Config``.
+    """
+    path = root / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            [
+                f"stack {stack!r} has no config file {path.name}: create it with "
+                f"`pulumi stack init {stack}` and `pulumi config set location <region>`"
+            ]
+        )
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path.name} is not valid YAML: {exc}"]) from exc
+    if not isinstance(document, dict):
+        raise ConfigError([f"{path.name}: expected a mapping with a `config` section"])
+    config = document.get("config") or {}
+    if not isinstance(config, dict):
+        raise ConfigError([f"{path.name}: `config` must be a mapping of key: value"])
+    prefix = f"{project.name}:"
+    values: dict[str, Any] = {}
+    for key, value in config.items():
+        if not str(key).startswith(prefix):
+            continue  # provider settings such as azure-native:location
+        if isinstance(value, dict) and "secure" in value:
+            raise ConfigError([f"{key[len(prefix) :]}: is a secret; this project declares none"])
+        values[key[len(prefix) :]] = value
+    return values
