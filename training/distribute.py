@@ -55,6 +55,14 @@ class Runtime:
         """Hook for all-reducing gradients outside tf.distribute (Horovod overrides it)."""
         return tape
 
+    def after_restore(self, start: int, model: Any, optimizer: Any) -> int:
+        """Hook run after the checkpoint restore: the epoch every worker starts from.
+
+        Horovod ranks may not all see the checkpoints (node-local output folders), so they
+        take rank 0's epoch and variables; tf.distribute strategies need nothing here.
+        """
+        return start
+
     def after_first_step(self, model: Any, optimizer: Any) -> None:
         """Hook run once after the first step (Horovod broadcasts rank 0's variables)."""
 

@@ -515,6 +515,7 @@ def train(config: Config, data: Mnist, runtime: Any) -> dict[str, Any] | None:
     trainer = Trainer(config, runtime, data)
     checkpoints = Checkpoints(trainer, output_dir)
     start, history = checkpoints.restore()
+    start = runtime.after_restore(start, trainer.model, trainer.optimizer)
     chief = runtime.is_chief
     tracker = Tracker(config.tracking and chief, output_dir / "checkpoints" / "mlflow_run_id")
     if chief:
