@@ -12,7 +12,7 @@ SHARED_MNIST := $(abspath ../shared/data/mnist)
 export MNIST_DATA_DIR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo train test test-fast lint format bench
+.PHONY: help venv demo train test test-fast lint format bench test-infra preflight
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -39,6 +39,12 @@ test: $(STAMP) ## Run the whole test suite (lint included)
 
 test-fast: $(STAMP) ## Run the tests that do not train a model
 	$(PY) -m pytest -m "not slow"
+
+test-infra: $(STAMP) ## Run the infrastructure tests (Pulumi program under mocks, preflight, stack outputs)
+	$(PY) -m pytest tests/infra
+
+preflight: $(STAMP) ## Check VM sizes and Azure ML quota in the region before `pulumi up` (STACK=dev)
+	$(PY) -m scripts preflight --stack $(or $(STACK),dev)
 
 lint: $(STAMP) ## Lint and check formatting with ruff
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
