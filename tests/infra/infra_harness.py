@@ -13,9 +13,11 @@ import importlib
 import inspect
 import json
 import re
+import runpy
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -305,7 +307,20 @@ def deploy_error(config: Mapping[str, Any], *, stack: str = "dev") -> tuple[Exce
     raise AssertionError(f"the program accepted {dict(config)}")
 
 
-def _run(config: Mapping[str, Any], stack: str, deployment: Deployment) -> None:
+def deploy_entry_point(config: Mapping[str, Any], *, stack: str = "dev") -> Deployment:
+    """Run ``infra/`` the way the Pulumi CLI does (``runpy`` on the ``main:`` folder)."""
+    deployment = Deployment([])
+    folder = str(Path(program.__file__).resolve().parent)
+    _run(config, stack, deployment, lambda: runpy.run_path(folder, run_name="__main__") and {})
+    return deployment
+
+
+def _run(
+    config: Mapping[str, Any],
+    stack: str,
+    deployment: Deployment,
+    entry: Callable[[], Mapping[str, Any]] = program.main,
+) -> None:
     mocks = AzureMocks(stack)
     monitor = RecordingMonitor(mocks)
     deployment.registrations = monitor.registrations
@@ -319,7 +334,7 @@ def _run(config: Mapping[str, Any], stack: str, deployment: Deployment) -> None:
 
     @pulumi.runtime.test
     def run() -> pulumi.Output[Any]:
-        outputs = program.main()
+        outputs = entry()
         return pulumi.Output.all(**outputs).apply(deployment.outputs.update)
 
     run()

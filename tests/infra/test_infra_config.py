@@ -7,7 +7,7 @@ from typing import Any
 
 import pulumi
 import pytest
-from infra_harness import deploy, deploy_error
+from infra_harness import deploy, deploy_entry_point, deploy_error
 
 from infra.catalog import AZURE_ML_REGIONS, GPU_VM_SIZES
 from infra.config import (
@@ -196,6 +196,13 @@ def test_a_declaration_without_a_default_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"region: declaration in Pulumi\.yaml lacks default"):
         load_project(project_file)
+
+
+def test_the_pulumi_entry_point_runs_the_validated_program() -> None:
+    deployment = deploy_entry_point({"location": "uksouth", "profile": "private"})
+    workspace = deployment.one("azure-native:machinelearningservices:Workspace")
+    assert workspace.inputs["location"] == "uksouth"
+    assert workspace.inputs["publicNetworkAccess"] == "Disabled"
 
 
 def test_pulumi_yaml_runs_the_infra_program_in_the_project_venv() -> None:

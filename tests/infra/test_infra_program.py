@@ -202,14 +202,16 @@ def test_users_and_groups_from_config_get_data_scientist_roles() -> None:
 
 
 def test_role_assignment_names_are_unique_guids_stable_per_stack() -> None:
-    first = deploy({"dataScientistGroups": [GROUP]}, stack="dev")
-    again = deploy({"dataScientistGroups": [GROUP]}, stack="dev")
-    other = deploy({"dataScientistGroups": [GROUP]}, stack="prod")
-    names = [a["roleAssignmentName"] for a in _role_assignments(first)]
-    assert all(GUID.match(n) for n in names)
-    assert len(set(names)) == len(names) == 4
-    assert names == [a["roleAssignmentName"] for a in _role_assignments(again)]
-    assert not set(names) & {a["roleAssignmentName"] for a in _role_assignments(other)}
+    def names(deployment: Deployment) -> dict[str, str]:
+        return {r.name: r.inputs["roleAssignmentName"] for r in deployment.of_type(ROLE)}
+
+    first = names(deploy({"dataScientistGroups": [GROUP]}, stack="dev"))
+    again = names(deploy({"dataScientistGroups": [GROUP]}, stack="dev"))
+    other = names(deploy({"dataScientistGroups": [GROUP]}, stack="prod"))
+    assert all(GUID.match(n) for n in first.values())
+    assert len(set(first.values())) == len(first) == 4
+    assert first == again  # an update keeps the assignments
+    assert not set(first.values()) & set(other.values())  # another stack gets its own
 
 
 def test_clusters_are_created_after_their_role_assignments(private: Deployment) -> None:
