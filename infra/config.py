@@ -404,7 +404,7 @@ def read_stack_values(
     Used where the Pulumi CLI is not needed (``preflight``); the program itself gets the same
     values from the CLI through ``pulumi.Config``.
     """
-    path = root / f"Pulumi.{stack}.yaml"
+    path = root / f"Pulumi.{stack.split('/')[-1]}.yaml"  # org/project/stack -> stack
     if not path.is_file():
         raise ConfigError(
             [

@@ -165,6 +165,12 @@ def test_the_example_stack_files_are_valid(stack: str) -> None:
     assert cfg.environment == stack
 
 
+def test_a_fully_qualified_stack_name_reads_the_same_file() -> None:
+    assert read_stack_values("acme/tf-mnist-azureml/prod", PROJECT) == read_stack_values(
+        "prod", PROJECT
+    )
+
+
 def test_the_prod_example_is_private_with_a100_nodes() -> None:
     cfg = validate_config(read_stack_values("prod", PROJECT), PROJECT)
     assert cfg.private and cfg.gpu.vm_size == "Standard_NC24ads_A100_v4"
