@@ -51,6 +51,10 @@ LABEL_SMOOTHING = 0.05  # softer targets: better-calibrated probabilities for se
 EVAL_BATCH = 2_000
 
 
+class UsageError(Exception):
+    """Flags that parse but cannot work together (e.g. a batch larger than the data)."""
+
+
 @dataclass(frozen=True)
 class Config:
     data_folder: str | None
@@ -86,9 +90,12 @@ def _positive_float(text: str) -> float:
 
 
 def _fraction(text: str) -> float:
-    value = float(text) if text.replace(".", "", 1).isdigit() else -1.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number in [0, 1)")
+        raise argparse.ArgumentTypeError(f"{text} must be in [0, 1)")
     return value
 
 
@@ -219,7 +226,7 @@ class Trainer:
             examples_per_step *= runtime.num_workers  # each rank steps on its own shard
         self.steps_per_epoch = len(self.x_train) // examples_per_step
         if self.steps_per_epoch < 1:
-            raise ValueError(
+            raise UsageError(
                 f"--batch-size {config.batch_size} x {runtime.num_replicas} replicas exceeds "
                 f"the {len(self.x_train)} training examples; use a smaller --batch-size."
             )
@@ -486,19 +493,20 @@ class Tracker:
 
 
 def write_reports(
-    output_dir: Path, trainer: Trainer, history: list[dict[str, float]], metrics: dict[str, Any]
+    output_dir: Path,
+    history: list[dict[str, float]],
+    metrics: dict[str, Any],
+    labels: np.ndarray,
+    predictions: np.ndarray,
 ) -> list[Path]:
     from training.report import confusion_matrix, plot_confusion, plot_curves
 
-    _, _, predictions = trainer.evaluate()
     metrics_path = output_dir / "metrics.json"
     _write_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
     return [
         metrics_path,
         plot_curves(history, output_dir / "training_curves.png"),
-        plot_confusion(
-            confusion_matrix(trainer.y_test, predictions), output_dir / "confusion_matrix.png"
-        ),
+        plot_confusion(confusion_matrix(labels, predictions), output_dir / "confusion_matrix.png"),
     ]
 
 
@@ -564,7 +572,7 @@ def train(config: Config, data: Mnist, runtime: Any) -> dict[str, Any] | None:
     runtime.barrier()
     if not chief:
         return None
-    test_loss, test_accuracy, _ = trainer.evaluate()
+    test_loss, test_accuracy, predictions = trainer.evaluate()
     metrics = {
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
@@ -578,8 +586,7 @@ def train(config: Config, data: Mnist, runtime: Any) -> dict[str, Any] | None:
         "global_batch_size": trainer.global_batch,
     }
     save_model(trainer.model, output_dir / "model")
-    paths = write_reports(output_dir, trainer, history, metrics)
-    tracker.metrics({"test_accuracy": test_accuracy, "test_loss": test_loss})
+    paths = write_reports(output_dir, history, metrics, trainer.y_test, predictions)
     tracker.artifacts(paths)
     tracker.end()
     return metrics
@@ -603,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         metrics = train(config, data, runtime)
-    except ValueError as exc:
+    except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if metrics is not None:
