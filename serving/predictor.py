@@ -1,0 +1,378 @@
+"""The MNIST digit classifier behind the endpoint: find and load the model, check requests, score.
+
+Plain Python over numpy and TensorFlow, with no web server in sight: ``score.py`` adapts it to
+``azmlinfsrv``; the tests and the benchmark use it directly.
+
+The model is the folder that training writes (the training contract): an MLflow model
+directory whose Keras model is ``data/model.keras``, taking float32 ``[-1, 784]`` pixels scaled
+to [0, 1] and returning float32 ``[-1, 10]`` softmax probabilities.
+
+Speed: the model is called through one concrete TensorFlow function traced once for a
+``[None, 784]`` float32 input (no retracing, no Keras ``predict`` machinery per call), and the
+common case of a well-formed request is checked with a few vectorised numpy operations; the
+slow, element-by-element walk only runs to explain what is wrong with a bad request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PIXELS = 784
+SIDE = 28
+CLASSES = 10
+MODEL_FILE = Path("data") / "model.keras"  # inside the model folder, per the training contract
+MLMODEL_FILE = "MLmodel"
+DEFAULT_MAX_BATCH = 512
+# Upper bound on the JSON text of one image (784 numbers written with full float precision and
+# generous whitespace); bodies above max_batch times this are refused before they are read.
+MAX_BYTES_PER_IMAGE = PIXELS * 32
+REQUEST_EXAMPLE = '{"data": [[0.0, 0.0, ..., 0.0]]}'  # used in messages
+
+
+class ModelLoadError(Exception):
+    """The model folder is missing or unusable; the message says what was expected where."""
+
+
+class BadRequest(Exception):
+    """A request the client must fix. ``status`` is the HTTP status (400 or 413)."""
+
+    def __init__(self, message: str, *, status: int = 400, code: str = "BadRequest") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON error body: a stable machine-readable code and a sentence for people."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+# --------------------------------------------------------------------------- model folder
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / MODEL_FILE).is_file()
+
+
+def find_model_dir(path: str | os.PathLike[str] | None) -> Path:
+    """The model folder, given the folder itself or the folder above it.
+
+    Azure ML mounts a registered model one level down: ``AZUREML_MODEL_DIR`` is
+    ``.../azureml-models/<name>/<version>`` and the model folder is inside it (``model/``).
+    Locally users point at ``outputs/model`` or at ``outputs``. Both are accepted; anything
+    else is a :class:`ModelLoadError` that lists what was found.
+    """
+    expected = (
+        f"an MLflow model folder with {MODEL_FILE.as_posix()} (what training writes as model/)"
+    )
+    if not path:
+        raise ModelLoadError(
+            f"AZUREML_MODEL_DIR is not set. Set it to {expected}, or to the folder that holds it."
+        )
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ModelLoadError(
+            f"Model folder {root} (AZUREML_MODEL_DIR) does not exist. Point AZUREML_MODEL_DIR at "
+            f"{expected}, or at the folder that holds it."
+        )
+    if _is_model_dir(root):
+        return root
+    candidates = sorted(
+        child for child in root.iterdir() if child.is_dir() and _is_model_dir(child)
+    )
+    if len(candidates) == 1:
+        return candidates[0]
+    if len(candidates) > 1:
+        names = ", ".join(c.name for c in candidates)
+        raise ModelLoadError(
+            f"{root} holds several model folders ({names}); point AZUREML_MODEL_DIR at the one "
+            "to serve."
+        )
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())[:20]
+    listing = ", ".join(found) if found else "nothing"
+    raise ModelLoadError(
+        f"No model in {root}: expected {expected} there or in a folder directly below it, "
+        f"found {listing}. Train with `python -m training.train` and point AZUREML_MODEL_DIR at "
+        "its outputs/model folder."
+    )
+
+
+# --------------------------------------------------------------------------- requests
+
+
+RANGE_HINT = "Pixels must be scaled to [0, 1] as in training: divide 0-255 pixel values by 255."
+
+
+def _is_number(value: object) -> bool:
+    return type(value) in (int, float)  # bool is an int subclass but not a pixel value
+
+
+def _describe_value(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return f"the string {json.dumps(value[:20])}"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return repr(value)
+
+
+def _pixel_problem(value: object, where: str) -> str | None:
+    """Why one pixel value is unacceptable, or None if it is fine."""
+    if not _is_number(value):
+        return (
+            f"{where} is {_describe_value(value)}, not a number. Send every pixel as a JSON number "
+            "between 0 and 1."
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        return (
+            f"{where} is {value}: NaN and infinity are not pixel values. Send finite numbers "
+            "between 0 and 1."
+        )
+    if not 0 <= value <= 1:  # type: ignore[operator]  # compared exactly, even for huge ints
+        shown = repr(value) if len(repr(value)) <= 24 else repr(value)[:20] + "..."
+        return f"{where} is {shown}, outside [0, 1]. {RANGE_HINT}"
+    return None
+
+
+def _image_problem(image: object, i: int) -> str | None:
+    """Why image ``i`` of the batch is unacceptable, or None if it is fine."""
+    shape_hint = f"Each image is a list of {PIXELS} numbers or {SIDE} lists of {SIDE} numbers."
+    if not isinstance(image, list):
+        return f"Image {i} is {_describe_value(image)}, not a list. {shape_hint}"
+    if image and all(isinstance(row, list) for row in image):
+        if len(image) != SIDE:
+            return f"Image {i} has {len(image)} rows; a 2-D image has {SIDE}. {shape_hint}"
+        for r, row in enumerate(image):
+            if len(row) != SIDE:
+                return f"Row {r} of image {i} has {len(row)} values, expected {SIDE}. {shape_hint}"
+            for c, value in enumerate(row):
+                problem = _pixel_problem(value, f"Pixel [{r}][{c}] of image {i}")
+                if problem:
+                    return problem
+        return None
+    if any(isinstance(value, list) for value in image):
+        return f"Image {i} mixes numbers and lists. {shape_hint}"
+    if len(image) != PIXELS:
+        return f"Image {i} has {len(image)} values, expected {PIXELS} (28x28). {shape_hint}"
+    for p, value in enumerate(image):
+        problem = _pixel_problem(value, f"Pixel {p} of image {i}")
+        if problem:
+            return problem
+    return None
+
+
+def _explain_bad_data(data: list[Any]) -> BadRequest:
+    """Walk the batch to say precisely what is wrong (only runs for bad requests)."""
+    if all(_is_number(v) for v in data):
+        if len(data) == PIXELS:
+            return BadRequest(
+                f'"data" is a single image, but it must be a batch: wrap it in a list, '
+                f'{{"data": [[...{PIXELS} numbers...]]}}.',
+                code="InvalidShape",
+            )
+        return BadRequest(
+            f'"data" is a list of {len(data)} numbers; it must be a list of images, each '
+            f"{PIXELS} numbers or {SIDE} lists of {SIDE} numbers, e.g. {REQUEST_EXAMPLE}.",
+            code="InvalidShape",
+        )
+    for i, image in enumerate(data):
+        problem = _image_problem(image, i)
+        if problem:
+            code = "InvalidValue" if problem.startswith("Pixel") else "InvalidShape"
+            return BadRequest(problem, code=code)
+    return BadRequest(  # the fast path refused something the walk accepts: say what we can
+        f'"data" could not be read as a batch of images. Send {REQUEST_EXAMPLE}.',
+        code="InvalidShape",
+    )
+
+
+def as_batch(data: list[Any]) -> np.ndarray:
+    """The batch as float32 ``(n, 784)``, or :class:`BadRequest` explaining what is wrong."""
+    try:
+        array = np.asarray(data)  # dtype inferred: any non-number shows up as a non-numeric dtype
+    except (ValueError, TypeError, OverflowError, RecursionError):  # ragged, too deep, huge ints
+        raise _explain_bad_data(data) from None
+    if array.dtype.kind not in "fiu":
+        raise _explain_bad_data(data)
+    n = array.shape[0]
+    if array.shape[1:] == (SIDE, SIDE):
+        array = array.reshape(n, PIXELS)
+    elif array.shape[1:] != (PIXELS,):
+        raise _explain_bad_data(data)
+    # One pass each; NaN fails both comparisons, so this also refuses NaN and infinities.
+    if not (array.min() >= 0 and array.max() <= 1):
+        raise _explain_bad_data(data)
+    return array.astype(np.float32, copy=False)
+
+
+def parse_request(body: bytes, *, max_batch: int = DEFAULT_MAX_BATCH) -> np.ndarray:
+    """Decode and check a request body; return the images as float32 ``(n, 784)`` in [0, 1].
+
+    Raises :class:`BadRequest` with a message that says what is wrong and how to fix it.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"The request body is not UTF-8 text (byte 0x{body[exc.start]:02x} at offset "
+            f"{exc.start}). Send JSON encoded as UTF-8, e.g. {REQUEST_EXAMPLE}, with "
+            "Content-Type: application/json.",
+            code="NotUtf8",
+        ) from None
+    if not text.strip():
+        raise BadRequest(
+            f"The request body is empty. Send a JSON object such as {REQUEST_EXAMPLE}.",
+            code="EmptyBody",
+        )
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"The request body is not valid JSON ({exc.msg} at line {exc.lineno} column "
+            f"{exc.colno}). Send a JSON object such as {REQUEST_EXAMPLE}.",
+            code="NotJson",
+        ) from None
+    except RecursionError:
+        raise BadRequest(
+            "The request body nests JSON arrays too deeply. Send a batch of images: "
+            f"{REQUEST_EXAMPLE}.",
+            code="InvalidShape",
+        ) from None
+    if not isinstance(payload, dict):
+        raise BadRequest(
+            f"The request body is a JSON {type(payload).__name__}, not an object. Send "
+            f'{{"data": [...]}}, a batch of images: {REQUEST_EXAMPLE}.',
+            code="WrongKeys",
+        )
+    if set(payload) != {"data"}:
+        unknown = sorted(set(payload) - {"data"})
+        hint = ""
+        if "input_data" in payload or "inputs" in payload or "instances" in payload:
+            hint = ' (that is the MLflow/no-code request format; this endpoint takes "data")'
+        what = f"unknown key(s) {', '.join(map(json.dumps, unknown))}{hint}" if unknown else ""
+        missing = 'no "data" key' if "data" not in payload else ""
+        problems = " and ".join(p for p in (missing, what) if p)
+        raise BadRequest(
+            f'The request has {problems}. Send exactly one key, "data", holding the batch of '
+            f"images: {REQUEST_EXAMPLE}.",
+            code="WrongKeys",
+        )
+    data = payload["data"]
+    if not isinstance(data, list):
+        raise BadRequest(
+            f'"data" is {_describe_value(data)}; it must be a list of images: {REQUEST_EXAMPLE}.',
+            code="InvalidShape",
+        )
+    if not data:
+        raise BadRequest(
+            f'"data" is empty. Send at least one image: {REQUEST_EXAMPLE}.', code="EmptyBatch"
+        )
+    if not isinstance(data[0], list):  # e.g. one image sent without the batch around it
+        raise _explain_bad_data(data)
+    if len(data) > max_batch:
+        raise batch_too_large(len(data), max_batch)
+    # JSON true/false/null inside "data" would be coerced to numbers by numpy: refuse them here.
+    if "true" in text or "false" in text or "null" in text:
+        raise _explain_bad_data(data)
+    return as_batch(data)
+
+
+def batch_too_large(count: int | None, max_batch: int) -> BadRequest:
+    """The 413 for a batch (or body) over the endpoint's limit."""
+    what = f"A batch of {count} images is" if count is not None else "The request body is"
+    return BadRequest(
+        f"{what} over this endpoint's limit of {max_batch} images per request "
+        f"(SCORING_MAX_BATCH). Split it into requests of at most {max_batch} images.",
+        status=413,
+        code="BatchTooLarge",
+    )
+
+
+def max_body_bytes(max_batch: int) -> int:
+    """The largest request body worth reading for a batch limit (larger ones get a 413)."""
+    return max_batch * MAX_BYTES_PER_IMAGE + 4096
+
+
+# --------------------------------------------------------------------------- the classifier
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Scores for a batch: the most likely digit of each image and all ten probabilities."""
+
+    labels: np.ndarray  # (n,) int
+    probabilities: np.ndarray  # (n, 10) float32
+
+    def to_body(self) -> dict[str, Any]:
+        return {"predictions": self.labels.tolist(), "probabilities": self.probabilities.tolist()}
+
+
+class DigitClassifier:
+    """The trained Keras model behind a compiled function with a fixed input signature."""
+
+    def __init__(self, keras_model: Any, *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        import tensorflow as tf
+
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.max_batch = max_batch
+        self.model = keras_model
+        signature = [tf.TensorSpec([None, PIXELS], tf.float32, name="images")]
+        function = tf.function(lambda images: keras_model(images, training=False))
+        # Calling the concrete function skips tf.function's per-call argument dispatch.
+        self._forward = function.get_concrete_function(*signature)
+        self._to_tensor = tf.convert_to_tensor
+
+    @classmethod
+    def load(
+        cls, model_dir: str | os.PathLike[str] | None, *, max_batch: int = DEFAULT_MAX_BATCH
+    ) -> DigitClassifier:
+        """Load from the model folder or the folder above it; check the model's shapes."""
+        folder = find_model_dir(model_dir)
+        path = folder / MODEL_FILE
+        import keras
+
+        try:
+            model = keras.models.load_model(path, compile=False)
+        except Exception as exc:  # Keras raises many types for a corrupt or foreign file
+            raise ModelLoadError(
+                f"Cannot load the Keras model {path}: {exc}. Re-run training to write a fresh "
+                "model folder, or point AZUREML_MODEL_DIR at one."
+            ) from exc
+        inputs, outputs = tuple(model.input_shape), tuple(model.output_shape)
+        if inputs != (None, PIXELS) or outputs != (None, CLASSES):
+            raise ModelLoadError(
+                f"The model in {path} maps {inputs} to {outputs}; the training contract is "
+                f"(None, {PIXELS}) pixels to (None, {CLASSES}) probabilities. Serve a model "
+                "written by `python -m training.train`."
+            )
+        return cls(model, max_batch=max_batch)
+
+    def warm_up(self) -> None:
+        """Run the model once on a single image and on a full batch, before any request."""
+        for n in (1, self.max_batch):
+            self.predict_proba(np.zeros((n, PIXELS), np.float32))
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities ``(n, 10)`` for float32 images ``(n, 784)`` in [0, 1]."""
+        return self._forward(self._to_tensor(images)).numpy()
+
+    def predict(self, images: np.ndarray) -> Prediction:
+        probabilities = self.predict_proba(images)
+        return Prediction(probabilities.argmax(axis=1), probabilities)
+
+    def score(self, body: bytes) -> dict[str, Any]:
+        """A request body in, the response body out; :class:`BadRequest` for bad input."""
+        return self.predict(parse_request(body, max_batch=self.max_batch)).to_body()
