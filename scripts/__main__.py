@@ -14,7 +14,7 @@ import sys
 
 from scripts import UserError
 
-COMMAND_MODULES: tuple[str, ...] = ("scripts.demo", "scripts.infra")
+COMMAND_MODULES: tuple[str, ...] = ("scripts.demo", "scripts.serving", "scripts.infra")
 
 
 def build_parser() -> argparse.ArgumentParser:
