@@ -1,0 +1,299 @@
+"""``deploy``: the safe rollout through the real azure-ai-ml SDK, down to its HTTP transport.
+
+The workspace is ``serving_fake_azure.FakeAzureML`` (no credentials, no network): the tests
+assert the REST calls the SDK makes (method, path, bodies, traffic) and what the endpoint is
+left serving. In the end-to-end test, the fake forwards scoring to the real local azmlinfsrv.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from serving_fake_azure import (
+    RESOURCE_GROUP,
+    SUBSCRIPTION,
+    TOKEN,
+    WORKSPACE,
+    WS_PATH,
+    FakeAzureML,
+    StaticCredential,
+)
+
+from serving import rollout
+
+DIGITS = rollout.load_sample_digits()
+
+
+def right_answers(deployment: str | None, body: bytes) -> tuple[int, bytes]:
+    """A deployment that classifies the sample digits correctly (in score.py's format)."""
+    request = json.loads(body)
+    assert request["data"] == DIGITS.data
+    probabilities = [[0.91 if d == label else 0.01 for d in range(10)] for label in DIGITS.labels]
+    return 200, json.dumps({"predictions": DIGITS.labels, "probabilities": probabilities}).encode()
+
+
+def wrong_answers(deployment: str | None, body: bytes) -> tuple[int, bytes]:
+    """A deployment serving a broken model: always says 1."""
+    n = len(json.loads(body)["data"])
+    probabilities = [[0.0, 1.0] + [0.0] * 8] * n
+    return 200, json.dumps({"predictions": [1] * n, "probabilities": probabilities}).encode()
+
+
+@pytest.fixture
+def fake(monkeypatch) -> FakeAzureML:
+    fake = FakeAzureML(scorer=right_answers)
+    fake.install(monkeypatch)  # the blob uploader's own HTTP session lands here too
+    return fake
+
+
+@pytest.fixture
+def ml_client(fake):
+    from azure.ai.ml import MLClient
+
+    return MLClient(
+        StaticCredential(),
+        SUBSCRIPTION,
+        RESOURCE_GROUP,
+        WORKSPACE,
+        transport=fake.transport(),
+        enable_telemetry=False,
+        show_progress=False,
+    )
+
+
+def deploy(ml_client, messages: list[str] | None = None, **kwargs) -> rollout.RolloutReport:
+    log = messages.append if messages is not None else (lambda _: None)
+    return rollout.rollout(ml_client, log=log, sleep=lambda _: None, **kwargs)
+
+
+@pytest.mark.slow
+def test_first_rollout_creates_the_endpoint_and_serves_the_real_scorer(
+    fake, ml_client, scoring_server
+):
+    """End to end: endpoint, environment, code upload, blue deployment, smoke test against
+    score.py under the real azmlinfsrv, all traffic to blue."""
+
+    def real_server(deployment: str | None, body: bytes) -> tuple[int, bytes]:
+        reply = scoring_server.client.score(body)
+        return reply.status, reply.body
+
+    fake.scorer = real_server
+    report = deploy(ml_client, model="azureml:tf-mnist:2")
+
+    assert (report.deployment, report.previous, report.traffic) == ("blue", None, {"blue": 100})
+    endpoint_put = fake.endpoint_puts("mnist-digits")[0].json()
+    assert endpoint_put["properties"]["authMode"] == "AADToken"
+
+    environment = fake.arm_calls("PUT", "/environments/tf-mnist-serving/versions/1")[0].json()
+    assert environment["properties"]["image"].startswith("mcr.microsoft.com/azureml/openmpi5.0")
+    assert "azureml-inference-server-http==1.4.1" in environment["properties"]["condaFile"]
+
+    # Only the scoring code is uploaded (serving/.amlignore), under the folder's own name.
+    assert sorted(name.rsplit("/", 2)[-2:][1] for name in fake.blobs) == [
+        "predictor.py",
+        "score.py",
+    ]
+    assert all("/serving/" in name for name in fake.blobs)
+    uploaded = {name.rsplit("/", 1)[1]: body for name, body in fake.blobs.items()}
+    assert uploaded["score.py"] == rollout.specs.SERVING_DIR.joinpath("score.py").read_bytes()
+
+    (put,) = fake.arm_calls("PUT", "/onlineEndpoints/mnist-digits/deployments/blue")
+    properties = put.json()["properties"]
+    assert properties["model"] == f"{WS_PATH}/models/tf-mnist/versions/2"
+    assert properties["environmentId"] == f"{WS_PATH}/environments/tf-mnist-serving/versions/1"
+    assert properties["codeConfiguration"]["scoringScript"] == "score.py"
+    assert properties["codeConfiguration"]["codeId"].startswith(f"{WS_PATH}/codes/")
+    assert properties["instanceType"] == "Standard_DS3_v2"
+    assert properties["requestSettings"] == {
+        "maxConcurrentRequestsPerInstance": 4,
+        "requestTimeout": "PT5S",
+    }
+    assert properties["environmentVariables"]["WORKER_COUNT"] == "4"
+    assert properties["livenessProbe"]["initialDelay"] == "PT30S"
+    assert put.json()["sku"]["capacity"] == 2
+
+    # The smoke test went to blue alone, with the caller's Entra ID token.
+    scoring = fake.scoring_calls()
+    assert scoring and all(c.headers["azureml-model-deployment"] == "blue" for c in scoring)
+    assert all(c.headers["Authorization"] == f"Bearer {TOKEN}" for c in scoring)
+    assert fake.traffic_updates("mnist-digits") == [{}, {"blue": 100}]
+    assert fake.endpoints["mnist-digits"]["properties"]["traffic"] == {"blue": 100}
+
+
+def test_blue_to_green_shifts_traffic_in_steps_after_a_smoke_test(fake, ml_client):
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    fake.seed_environment("tf-mnist-serving", "1")
+    messages: list[str] = []
+    report = deploy(ml_client, messages, model="azureml:tf-mnist:2")
+
+    assert (report.deployment, report.previous) == ("green", "blue")
+    assert not fake.arm_calls("PUT", "/environments/")  # an existing version is reused
+    assert fake.traffic_updates("mnist-digits") == [
+        {"green": 10, "blue": 90},
+        {"green": 50, "blue": 50},
+        {"green": 100},  # the SDK leaves out zero shares
+    ]
+    # Smoke tests before any traffic and after each step, always on green alone.
+    scoring = fake.scoring_calls()
+    assert len(scoring) == 4
+    assert {c.headers["azureml-model-deployment"] for c in scoring} == {"green"}
+    first_step = fake.calls.index(fake.endpoint_puts("mnist-digits")[0])
+    assert fake.calls.index(scoring[0]) < first_step
+    assert ("mnist-digits", "blue") in fake.deployments  # kept for a quick way back
+    assert any("Smoke test of green passed (20 digits)" in m for m in messages)
+
+
+def test_delete_old_removes_the_previous_colour(fake, ml_client):
+    fake.seed_endpoint("mnist-digits", {"green": 100}, ["green"])
+    report = deploy(ml_client, delete_old=True, steps=[100])
+    assert (report.deployment, report.previous) == ("blue", "green")
+    assert fake.traffic_updates("mnist-digits") == [{"blue": 100}]
+    (delete,) = fake.arm_calls("DELETE")
+    assert delete.path.endswith("/onlineEndpoints/mnist-digits/deployments/green")
+    assert ("mnist-digits", "green") not in fake.deployments
+
+
+def test_failed_smoke_test_rolls_back_before_any_traffic_moves(fake, ml_client):
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    fake.scorer = wrong_answers
+    with pytest.raises(rollout.RolloutError) as failure:
+        deploy(ml_client, model="azureml:tf-mnist:2")
+    message = str(failure.value)
+    assert "Smoke test of green failed" in message
+    assert "only 10% of the sample digits are right" in message
+    assert "all traffic is back on blue" in message and "deleted green" in message
+    assert fake.traffic_updates("mnist-digits") == [{"blue": 100}]
+    assert ("mnist-digits", "green") not in fake.deployments
+    assert fake.endpoints["mnist-digits"]["properties"]["traffic"] == {"blue": 100}
+
+
+def test_failure_half_way_moves_traffic_back(fake, ml_client):
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    answers = iter([right_answers, right_answers, wrong_answers])  # breaks after the 10% step
+
+    def degrading(deployment, body):
+        return next(answers, wrong_answers)(deployment, body)
+
+    fake.scorer = degrading
+    with pytest.raises(rollout.RolloutError, match="all traffic is back on blue"):
+        deploy(ml_client)
+    assert fake.traffic_updates("mnist-digits") == [
+        {"green": 10, "blue": 90},
+        {"green": 50, "blue": 50},
+        {"blue": 100},
+    ]
+    assert fake.arm_calls("DELETE")[-1].path.endswith("/deployments/green")
+
+
+def test_scoring_errors_fail_the_smoke_test(fake, ml_client):
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    fake.scorer = lambda deployment, body: (
+        500,
+        b'{"message": "An unexpected error occurred in scoring script."}',
+    )
+    with pytest.raises(rollout.RolloutError) as failure:
+        deploy(ml_client)
+    assert "Smoke test of green failed" in str(failure.value)
+    assert "unexpected error occurred in scoring script" in str(failure.value)
+    assert "all traffic is back on blue" in str(failure.value)
+
+
+def test_service_error_creating_the_deployment_is_one_clear_message(fake, ml_client):
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    fake.fail(
+        "PUT",
+        r"/deployments/green$",
+        409,
+        "QuotaExceeded",
+        "Not enough quota available for Standard_DS3_v2 in SubscriptionId ... Required: 8.",
+    )
+    with pytest.raises(rollout.RolloutError) as failure:
+        deploy(ml_client)
+    message = str(failure.value)
+    assert message.startswith("Creating deployment green failed: ")
+    assert "Not enough quota available for Standard_DS3_v2" in message
+    assert "all traffic is back on blue" in message
+    assert not fake.scoring_calls()
+
+
+def test_split_traffic_is_refused_before_anything_changes(fake, ml_client):
+    fake.seed_endpoint("mnist-digits", {"blue": 50, "green": 50}, ["blue", "green"])
+    with pytest.raises(rollout.RolloutError, match="splits its traffic"):
+        deploy(ml_client)
+    assert not [c for c in fake.calls if c.method != "GET"]
+
+
+def test_bad_steps_are_refused(ml_client):
+    with pytest.raises(rollout.RolloutError, match="must rise within 1-100 and end at 100"):
+        deploy(ml_client, steps=[50, 10])
+
+
+def test_no_code_deploys_the_mlflow_model_without_script_or_environment(fake, ml_client):
+    def mlflow_server(deployment, body):
+        request = json.loads(body)
+        assert set(request) == {"input_data"}  # MLflow's request format
+        probabilities = [[0.99 if d == y else 0.001 for d in range(10)] for y in DIGITS.labels]
+        return 200, json.dumps(probabilities).encode()
+
+    fake.scorer = mlflow_server
+    report = deploy(ml_client, no_code=True)
+    assert report.endpoint == "mnist-digits-mlflow"
+    (put,) = fake.arm_calls("PUT", "/onlineEndpoints/mnist-digits-mlflow/deployments/blue")
+    properties = put.json()["properties"]
+    assert "codeConfiguration" not in properties and "environmentId" not in properties
+    assert properties["model"].startswith(f"{WS_PATH}/models/tf-mnist/versions/")
+    assert not fake.blobs and not fake.arm_calls("PUT", "/environments/")
+
+
+# ----------------------------------------------------------------- the command line
+
+
+@pytest.fixture
+def cli(monkeypatch, ml_client):
+    """``python -m scripts`` with the serving commands, using the offline workspace."""
+    import scripts.__main__ as entry
+    import scripts.serving
+
+    monkeypatch.setattr(entry, "COMMAND_MODULES", ("scripts.serving",))
+    monkeypatch.setattr(scripts.serving, "make_ml_client", lambda args: ml_client)
+    return entry.main
+
+
+def test_deploy_command_reports_a_service_error_without_a_traceback(fake, cli, capsys):
+    fake.fail("GET", r"/onlineEndpoints/mnist-digits$", 403, "AuthorizationFailed",
+              "The client does not have authorization to perform action read.")  # fmt: skip
+    code = cli(["deploy", "--step-wait", "0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: Azure ML refused the request (HTTP 403)")
+    assert "does not have authorization" in err and "Traceback" not in err
+
+
+def test_deploy_command_rolls_out(fake, cli, capsys):
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    assert cli(["deploy", "--model", "azureml:tf-mnist:2", "--steps", "50", "100",
+                "--step-wait", "0"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "mnist-digits: all traffic on green; blue kept at 0%." in out
+    assert fake.traffic_updates("mnist-digits") == [{"green": 50, "blue": 50}, {"green": 100}]
+
+
+def test_deploy_command_needs_the_workspace(monkeypatch, capsys):
+    import scripts.__main__ as entry
+
+    monkeypatch.setattr(entry, "COMMAND_MODULES", ("scripts.serving",))
+    for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    assert entry.main(["deploy", "--subscription", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "Which workspace? Pass --resource-group ... --workspace ..." in err
+
+
+def test_dry_run_prints_the_deployment_without_azure(monkeypatch, capsys):
+    import scripts.__main__ as entry
+
+    monkeypatch.setattr(entry, "COMMAND_MODULES", ("scripts.serving",))
+    assert entry.main(["deploy", "--dry-run", "--model", "azureml:tf-mnist:3"]) == 0
+    out = capsys.readouterr().out
+    assert "model: azureml:tf-mnist:3" in out and "instance_type: Standard_DS3_v2" in out

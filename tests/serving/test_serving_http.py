@@ -1,0 +1,209 @@
+"""serving/score.py under the real azmlinfsrv, over HTTP on loopback, with the trained model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.local_server import LocalServer, ServerError
+
+pytestmark = pytest.mark.slow
+
+MAX_BATCH = 512  # deployment.yml's SCORING_MAX_BATCH; checked below against the server's settings
+
+
+def _check_scores(body: dict, n: int) -> np.ndarray:
+    """Response properties every successful answer must have; returns the probabilities."""
+    assert set(body) == {"predictions", "probabilities"}
+    probabilities = np.asarray(body["probabilities"])
+    assert probabilities.shape == (n, 10)
+    assert probabilities.min() >= 0 and probabilities.max() <= 1
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert body["predictions"] == probabilities.argmax(axis=1).tolist()
+    assert all(isinstance(p, int) for p in body["predictions"])
+    return probabilities
+
+
+def test_health_route_answers_once_init_has_run(scoring_server):
+    reply = scoring_server.client.request("GET", "/")
+    assert (reply.status, reply.body) == (200, b"Healthy")
+    assert scoring_server.settings["SCORING_MAX_BATCH"] == str(MAX_BATCH)
+    assert scoring_server.server.startup_seconds is not None
+
+
+@pytest.mark.parametrize("version", ["2", "3"])
+def test_swagger_documents_the_request_and_response(scoring_server, version):
+    reply = scoring_server.client.request("GET", f"/swagger.json?version={version}")
+    assert reply.status == 200
+    doc = reply.json()
+    schemas = doc["definitions"] if version == "2" else doc["components"]["schemas"]
+    request, response = schemas["ServiceInput"], schemas["ServiceOutput"]
+    assert list(request["properties"]) == ["data"]  # no stray "request" parameter
+    pixel = request["properties"]["data"]["items"]["items"]
+    assert pixel["type"] == "number"
+    assert len(request["example"]["data"][0]) == 784
+    assert set(response["properties"]) == {"predictions", "probabilities"}
+    assert response["properties"]["probabilities"]["items"]["items"]["type"] == "number"
+
+
+def test_scores_real_mnist_test_images_accurately(full_batch):
+    _, labels, reply = full_batch
+    assert reply.status == 200, reply.body[:500]
+    assert reply.headers["Content-Type"] == "application/json"
+    body = reply.json()
+    _check_scores(body, MAX_BATCH)
+    accuracy = float((np.asarray(body["predictions"]) == labels).mean())
+    assert accuracy >= 0.95, accuracy  # two epochs reach about 97%
+
+
+def test_28x28_images_score_the_same_as_flat_ones(scoring_server, full_batch):
+    images, _, flat = full_batch
+    reply = scoring_server.client.score({"data": images[:64].tolist()})  # 64 x 28 x 28
+    assert reply.status == 200, reply.body[:500]
+    body = reply.json()
+    _check_scores(body, 64)
+    assert body["predictions"] == flat.json()["predictions"][:64]
+    np.testing.assert_allclose(
+        body["probabilities"], flat.json()["probabilities"][:64], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_single_image_and_integer_pixels(scoring_server):
+    reply = scoring_server.client.score({"data": [[0] * 783 + [1]]})
+    assert reply.status == 200, reply.body
+    _check_scores(reply.json(), 1)
+
+
+def test_content_type_is_not_required(scoring_server):
+    reply = scoring_server.client.request(
+        "POST", "/score", json.dumps({"data": [[0.5] * 784]}), {"Content-Type": "text/plain"}
+    )
+    assert reply.status == 200, reply.body
+
+
+def _image(value: object = 0.0, n: int = 784) -> str:
+    return "[" + ", ".join([json.dumps(value) if not isinstance(value, str) else value] * n) + "]"
+
+
+def _with_pixel(pixel: str, at: int = 3) -> bytes:
+    values = ["0.0"] * 784
+    values[at] = pixel
+    return ('{"data": [[' + ", ".join(values) + "]]}").encode()
+
+
+ROWS_27 = json.dumps({"data": [[[0.0] * 28] * 5 + [[0.0] * 27] + [[0.0] * 28] * 22]})
+
+# (id, body, status, error code, fragments the message must contain)
+BAD_REQUESTS = [
+    ("not-json", b"data=0.1,0.2", 400, "NotJson", ["not valid JSON", '{"data"']),
+    ("truncated-json", b'{"data": [[0.1, 0.2', 400, "NotJson", ["not valid JSON", "line 1"]),
+    ("empty-body", b"", 400, "EmptyBody", ["empty"]),
+    ("not-utf8", b'{"data": [[\xff\xfe]]}', 400, "NotUtf8", ["not UTF-8", "byte 0xff"]),
+    ("utf16", '{"data": []}'.encode("utf-16"), 400, "NotUtf8", ["UTF-8"]),
+    ("json-list", f"[{_image()}]".encode(), 400, "WrongKeys", ["not an object", '"data"']),
+    ("wrong-key", f'{{"images": [{_image()}]}}'.encode(), 400, "WrongKeys",
+     ['no "data" key', '"images"']),
+    ("mlflow-format", f'{{"input_data": [{_image()}]}}'.encode(), 400, "WrongKeys",
+     ["MLflow", '"data"']),
+    ("extra-key", f'{{"data": [{_image()}], "debug": true}}'.encode(), 400, "WrongKeys",
+     ['unknown key(s) "debug"']),
+    ("data-not-list", b'{"data": "0.1, 0.2"}', 400, "InvalidShape", ["the string", "list"]),
+    ("empty-batch", b'{"data": []}', 400, "EmptyBatch", ["at least one image"]),
+    ("unbatched-image", f'{{"data": {_image()}}}'.encode(), 400, "InvalidShape",
+     ["single image", "wrap it in a list"]),
+    ("short-image", f'{{"data": [{_image(n=783)}]}}'.encode(), 400, "InvalidShape",
+     ["Image 0 has 783 values, expected 784"]),
+    ("ragged-batch", f'{{"data": [{_image()}, {_image(n=700)}]}}'.encode(), 400, "InvalidShape",
+     ["Image 1 has 700 values"]),
+    ("ragged-rows", ROWS_27.encode(), 400, "InvalidShape", ["Row 5 of image 0 has 27 values"]),
+    ("string-pixel", _with_pixel('"0.5"'), 400, "InvalidValue",
+     ["Pixel 3 of image 0", 'string "0.5"', "not a number"]),
+    ("null-pixel", _with_pixel("null"), 400, "InvalidValue", ["Pixel 3 of image 0 is null"]),
+    ("bool-pixel", _with_pixel("true"), 400, "InvalidValue", ["Pixel 3 of image 0 is true"]),
+    ("list-pixel", _with_pixel("[0.1]"), 400, "InvalidShape", ["mixes numbers and lists"]),
+    ("nan", _with_pixel("NaN"), 400, "InvalidValue", ["Pixel 3 of image 0 is nan", "finite"]),
+    ("infinity", _with_pixel("-Infinity", at=700), 400, "InvalidValue",
+     ["Pixel 700 of image 0 is -inf"]),
+    ("0-255-pixels", _with_pixel("255"), 400, "InvalidValue",
+     ["outside [0, 1]", "divide 0-255 pixel values by 255"]),
+    ("negative", _with_pixel("-0.1"), 400, "InvalidValue", ["-0.1, outside [0, 1]"]),
+    ("huge-int", _with_pixel("1" + "0" * 400), 400, "InvalidValue", ["outside [0, 1]"]),
+    ("deep-nesting", b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400,
+     "InvalidShape", ["too deeply"]),
+    ("over-limit", f'{{"data": [{", ".join([_image()] * (MAX_BATCH + 1))}]}}'.encode(), 413,
+     "BatchTooLarge", [f"batch of {MAX_BATCH + 1} images", f"at most {MAX_BATCH}"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "fragments"),
+    [pytest.param(*case[1:], id=case[0]) for case in BAD_REQUESTS],
+)
+def test_bad_requests_get_a_4xx_that_says_what_to_fix(
+    scoring_server, body, status, code, fragments
+):
+    reply = scoring_server.client.score(body)
+    assert reply.status == status, reply.body[:500]
+    assert reply.headers["Content-Type"] == "application/json"
+    assert reply.headers.get("x-ms-run-function-failed") == "False"  # not counted as a crash
+    error = reply.json()["error"]
+    assert error["code"] == code
+    for fragment in fragments:
+        assert fragment in error["message"], error["message"]
+
+
+def test_oversized_body_is_refused_before_it_is_parsed(scoring_server):
+    from serving.predictor import max_body_bytes
+
+    # Not even JSON: had the server parsed it, the answer would be a 400 NotJson.
+    body = b'{"data": [' + b" " * max_body_bytes(MAX_BATCH) + b"not json"
+    reply = scoring_server.client.score(body)
+    assert reply.status == 413
+    error = reply.json()["error"]
+    assert error["code"] == "BatchTooLarge"
+    assert f"at most {MAX_BATCH} images" in error["message"]
+
+
+def test_other_methods_get_405_with_allow(scoring_server):
+    reply = scoring_server.client.request("GET", "/score")
+    assert reply.status == 405
+    assert reply.headers["Allow"] == "POST"
+    assert "POST a JSON body" in reply.json()["error"]["message"]
+
+
+def test_server_keeps_serving_after_bad_requests(scoring_server):
+    for body in (b"\xff", b"[", b'{"data": [[NaN]]}', b'{"data": ' + b"[" * 50_000):
+        assert 400 <= scoring_server.client.score(body).status < 500
+    reply = scoring_server.client.score({"data": [[0.25] * 784]})
+    assert reply.status == 200
+    _check_scores(reply.json(), 1)
+    assert scoring_server.server.process.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("make_dir", "fragments"),
+    [
+        pytest.param(lambda tmp: tmp, ["No model in", "data/model.keras"], id="empty-dir"),
+        pytest.param(
+            lambda tmp: tmp / "missing", ["does not exist", "AZUREML_MODEL_DIR"], id="missing"
+        ),
+    ],
+)
+def test_init_failure_explains_what_was_expected_where(tmp_path: Path, make_dir, fragments):
+    server = LocalServer(
+        model_dir=make_dir(tmp_path),
+        settings={"WORKER_COUNT": "1"},
+        log_path=tmp_path / "server.log",
+    )
+    with pytest.raises(ServerError) as failure:
+        server.start(timeout=120)
+    server.stop()
+    assert "exited with status" in str(failure.value)
+    log = server.log_path.read_text()
+    assert "User's init function failed" in log
+    assert str(tmp_path) in log
+    for fragment in fragments:
+        assert fragment in log
