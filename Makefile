@@ -12,7 +12,8 @@ SHARED_MNIST := $(abspath ../shared/data/mnist)
 export MNIST_DATA_DIR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo train test test-fast lint format bench test-infra preflight
+.PHONY: help venv demo train test test-fast lint format bench test-infra preflight \
+	horovod-env train-horovod
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -45,6 +46,14 @@ test-infra: $(STAMP) ## Run the infrastructure tests (Pulumi program under mocks
 
 preflight: $(STAMP) ## Check VM sizes and Azure ML quota in the region before `pulumi up` (STACK=dev)
 	$(PY) -m scripts preflight --stack $(or $(STACK),dev)
+
+horovod-env: ## Build (or reuse) the pinned Horovod virtualenv: TF 2.13 + horovod 0.28.1, Gloo
+	$(PYTHON) training/environments/horovod/build_env.py
+
+train-horovod: ## Train with Horovod on NP local processes (default 2) over Gloo into ./outputs
+	@HVD_PY="$$($(PYTHON) training/environments/horovod/build_env.py --print-python)" && \
+	"$$(dirname "$$HVD_PY")/horovodrun" --gloo -np $(or $(NP),2) -H localhost:$(or $(NP),2) \
+		"$$HVD_PY" -m training.train
 
 lint: $(STAMP) ## Lint and check formatting with ruff
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
