@@ -18,12 +18,14 @@ How the Trainer uses what ``detect()`` returns:
   folder), and the ranks run the same number of steps;
 - ``after_first_step``: rank 0's model and optimizer variables are broadcast once more
   (Horovod's recipe for optimizers that create their slots lazily on the first step);
-- only rank 0 (``is_chief``) writes checkpoints, the model, metrics and pictures.
+- ``barrier``: every rank finishes its last step before rank 0 alone writes the model,
+  metrics and pictures (only ``is_chief`` writes, checkpoints included). The other ranks
+  may then exit while rank 0 is still writing: their shutdown does not disturb it
+  (checked with Gloo: rank 0 completes its outputs and exits 0).
 """
 
 from __future__ import annotations
 
-import atexit
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +60,6 @@ class HorovodRuntime(Runtime):
     """A rank of a Horovod job; ``hvd`` is ``horovod.tensorflow``, already initialised."""
 
     hvd: Any = None
-    _finished: bool = False
 
     def wrap_tape(self, tape: tf.GradientTape) -> tf.GradientTape:
         return self.hvd.DistributedGradientTape(tape)
@@ -84,13 +85,6 @@ class HorovodRuntime(Runtime):
     def barrier(self) -> None:
         # An allreduce completes only once every rank has reached it.
         self.hvd.allreduce(tf.constant(0.0), name="barrier")
-        self._finished = True
-
-    def _exit_barrier(self) -> None:
-        # Only after training finished on every rank: a rank that fails mid-training must
-        # exit at once (so that the launcher stops the others), not wait here for ever.
-        if self._finished:
-            self.hvd.allreduce(tf.constant(0.0), name="exit_barrier")
 
 
 def detect() -> HorovodRuntime:
@@ -112,10 +106,6 @@ def detect() -> HorovodRuntime:
         num_workers=hvd.size(),
         hvd=hvd,
     )
-    # Registered after hvd.init(), so it runs before Horovod's own shutdown at exit: once
-    # training is over, every rank waits there until all have finished, so the others do
-    # not tear down the communicator while rank 0 is still writing its outputs.
-    atexit.register(runtime._exit_barrier)
     print(
         f"Horovod rank {hvd.rank()} of {hvd.size()} (local rank {hvd.local_rank()}), "
         f"TensorFlow {tf.__version__}, {len(gpus)} GPU(s) on this node",

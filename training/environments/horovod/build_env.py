@@ -51,9 +51,9 @@ BUILD_FLAGS = {
     "HOROVOD_WITHOUT_MXNET": "1",
 }
 SMOKE_TEST = (
-    "import horovod.tensorflow as hvd, tensorflow as tf; "
+    "import horovod, horovod.tensorflow as hvd, tensorflow as tf; "
     "assert hvd.gloo_built(), 'Horovod was built without Gloo'; "
-    "print('horovod', hvd.__version__, 'tensorflow', tf.__version__)"
+    "print('horovod', horovod.__version__, 'tensorflow', tf.__version__)"
 )
 
 
