@@ -70,6 +70,24 @@ def tensorflow_tasks(command: Sequence[str], worker_count: int, ps_count: int = 
     ]
 
 
+def horovod_tasks(command: Sequence[str], process_count: int, horovod_python: str) -> list[Task]:
+    """The one launcher process of a ``type: mpi`` job: ``horovodrun`` over Gloo on loopback.
+
+    Azure ML's ``mpirun`` starts ``process_count`` ranks of ``command``; here ``horovodrun``
+    does, from the Horovod virtualenv (its ``python`` first on PATH, so ``python`` in the
+    command is the one Horovod was built for), prefixing each line with ``[rank]``.
+    """
+    bin_dir = os.path.dirname(horovod_python)
+    launcher = [os.path.join(bin_dir, "horovodrun"), "--gloo", "-np", str(process_count)]
+    return [
+        Task(
+            "horovodrun",
+            [*launcher, "-H", f"localhost:{process_count}", *command],
+            {"PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])},
+        )
+    ]
+
+
 def _pump(name: str, stream, sink) -> None:
     for line in iter(stream.readline, ""):
         sink.write(f"[{name}] {line}" if name else line)

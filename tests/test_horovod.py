@@ -219,3 +219,25 @@ def test_rerun_resumes_every_rank_from_the_last_checkpoint(horovod_python, horov
     assert metrics["test_accuracy"] >= 0.97, metrics
     history = json.loads((out / "checkpoints" / "history.json").read_text())
     assert [row["epoch"] for row in history] == list(range(1, EPOCHS + 2))
+
+
+@pytest.mark.slow
+def test_local_mpi_launcher_starts_every_rank_with_the_horovod_python(horovod_python):
+    """The local stand-in for Azure ML's mpirun: one horovodrun starting NP ranks of the
+    job's command, where `python` is the Horovod environment's interpreter."""
+    import io
+
+    from scripts.launch import horovod_tasks, run_tasks
+
+    script = "import os, sys; print(os.environ['HOROVOD_RANK'], sys.prefix)"
+    command = ["bash", "-c", f'python -c "{script}"']
+    tasks = horovod_tasks(command, NP, str(horovod_python))
+    sink = io.StringIO()
+    assert run_tasks(tasks, cwd=ROOT, timeout=300, sink=sink) == 0, sink.getvalue()[-3000:]
+    reported = {
+        line.split()[0]: line.split()[1]
+        for rank in range(NP)
+        for line in rank_lines(sink.getvalue(), rank)
+    }
+    assert sorted(reported) == [str(rank) for rank in range(NP)]
+    assert set(reported.values()) == {str(horovod_python.parent.parent)}
