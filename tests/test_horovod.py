@@ -179,7 +179,7 @@ def horovod_run(horovod_python, mnist_dir, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # a cold build of the environment takes minutes
-def test_two_ranks_train_the_net_to_97_percent(horovod_run):
+def test_two_ranks_train_the_net_to_97_percent(horovod_run, mnist_dir):
     out, stdout = horovod_run
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.97, metrics
@@ -196,7 +196,18 @@ def test_two_ranks_train_the_net_to_97_percent(horovod_run):
     assert not any(line.startswith("epoch ") or "test_accuracy" in line for line in other)
     # ...and only the chief's outputs are there, complete (no staging or worker folders).
     assert {p.name for p in out.iterdir()} == EXPECTED_OUTPUTS
-    assert (out / "model" / "data" / "model.keras").is_file()
+    # The model, written by tf.keras 2.13, loads in Keras 3 (serving) and classifies the test
+    # set exactly as rank 0 measured it.
+    import keras
+
+    from training.data import load_mnist
+
+    model = keras.saving.load_model(out / "model" / "data" / "model.keras", compile=False)
+    test = load_mnist(mnist_dir)
+    probabilities = np.asarray(model(test.x_test.reshape(-1, 784).astype("float32") / 255.0))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    accuracy = np.mean(probabilities.argmax(axis=1) == test.y_test)
+    assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-6)
     checkpoints = sorted(p.name for p in (out / "checkpoints").glob("ckpt-*.index"))
     assert checkpoints == [f"ckpt-{EPOCHS - 1}.index", f"ckpt-{EPOCHS}.index"]
 

@@ -438,6 +438,10 @@ def save_model(model: Any, destination: Path) -> Path:
     except ImportError:  # an environment without MLflow still gets the Keras file
         (staging / "data").mkdir(parents=True)
         model.save(staging / "data" / "model.keras")
+        if keras.__version__.startswith("2."):  # tf.keras 2 (Horovod): serving runs Keras 3
+            from training.keras_compat import rewrite_weights_for_keras3
+
+            rewrite_weights_for_keras3(model, staging / "data" / "model.keras")
     else:
         signature = ModelSignature(
             inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 784), "pixels")]),
