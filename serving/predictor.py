@@ -24,6 +24,11 @@ from typing import Any
 
 import numpy as np
 
+try:  # optional: the standard library reads and writes the same JSON, several times slower
+    import orjson
+except ImportError:
+    orjson = None
+
 PIXELS = 784
 SIDE = 28
 CLASSES = 10
@@ -217,11 +222,15 @@ def as_batch(data: list[Any]) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def parse_request(body: bytes, *, max_batch: int = DEFAULT_MAX_BATCH) -> np.ndarray:
-    """Decode and check a request body; return the images as float32 ``(n, 784)`` in [0, 1].
-
-    Raises :class:`BadRequest` with a message that says what is wrong and how to fix it.
-    """
+def _decode(body: bytes) -> Any:
+    """The JSON value of a body. orjson (10x faster) takes well-formed bodies; anything it
+    refuses goes to the standard library, which accepts NaN and Infinity (refused later with a
+    precise message) or says exactly what is wrong."""
+    if orjson is not None:
+        try:
+            return orjson.loads(body)
+        except ValueError:  # orjson.JSONDecodeError
+            pass
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -250,6 +259,15 @@ def parse_request(body: bytes, *, max_batch: int = DEFAULT_MAX_BATCH) -> np.ndar
             f"{REQUEST_EXAMPLE}.",
             code="InvalidShape",
         ) from None
+    return payload
+
+
+def parse_request(body: bytes, *, max_batch: int = DEFAULT_MAX_BATCH) -> np.ndarray:
+    """Decode and check a request body; return the images as float32 ``(n, 784)`` in [0, 1].
+
+    Raises :class:`BadRequest` with a message that says what is wrong and how to fix it.
+    """
+    payload = _decode(body)
     if not isinstance(payload, dict):
         raise BadRequest(
             f"The request body is a JSON {type(payload).__name__}, not an object. Send "
@@ -284,7 +302,7 @@ def parse_request(body: bytes, *, max_batch: int = DEFAULT_MAX_BATCH) -> np.ndar
     if len(data) > max_batch:
         raise batch_too_large(len(data), max_batch)
     # JSON true/false/null inside "data" would be coerced to numbers by numpy: refuse them here.
-    if "true" in text or "false" in text or "null" in text:
+    if b"true" in body or b"false" in body or b"null" in body:
         raise _explain_bad_data(data)
     return as_batch(data)
 
@@ -318,6 +336,13 @@ class Prediction:
     def to_body(self) -> dict[str, Any]:
         return {"predictions": self.labels.tolist(), "probabilities": self.probabilities.tolist()}
 
+    def to_json(self) -> bytes:
+        """The response body as JSON (float32 probabilities in their shortest exact form)."""
+        if orjson is None:
+            return json.dumps(self.to_body()).encode()
+        body = {"predictions": self.labels, "probabilities": self.probabilities}
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
 
 class DigitClassifier:
     """The trained Keras model behind a compiled function with a fixed input signature."""
@@ -329,11 +354,20 @@ class DigitClassifier:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.max_batch = max_batch
         self.model = keras_model
-        signature = [tf.TensorSpec([None, PIXELS], tf.float32, name="images")]
-        function = tf.function(lambda images: keras_model(images, training=False))
-        # Calling the concrete function skips tf.function's per-call argument dispatch.
-        self._forward = function.get_concrete_function(*signature)
-        self._to_tensor = tf.convert_to_tensor
+
+        def forward(images: Any) -> Any:
+            return keras_model(images, training=False)
+
+        # Concrete functions, traced once here: calling them skips tf.function's per-call
+        # argument matching. Any batch size goes through the first; single images, the
+        # commonest request, through an XLA-compiled one for that one shape (a third less
+        # per-call overhead; XLA would recompile for every new batch size, so only this one).
+        self._forward = tf.function(forward).get_concrete_function(
+            tf.TensorSpec([None, PIXELS], tf.float32, name="images")
+        )
+        self._forward_one = tf.function(forward, jit_compile=True).get_concrete_function(
+            tf.TensorSpec([1, PIXELS], tf.float32, name="image")
+        )
 
     @classmethod
     def load(
@@ -367,12 +401,13 @@ class DigitClassifier:
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Probabilities ``(n, 10)`` for float32 images ``(n, 784)`` in [0, 1]."""
-        return self._forward(self._to_tensor(images)).numpy()
+        forward = self._forward_one if len(images) == 1 else self._forward
+        return forward(images).numpy()
 
     def predict(self, images: np.ndarray) -> Prediction:
         probabilities = self.predict_proba(images)
         return Prediction(probabilities.argmax(axis=1), probabilities)
 
-    def score(self, body: bytes) -> dict[str, Any]:
-        """A request body in, the response body out; :class:`BadRequest` for bad input."""
-        return self.predict(parse_request(body, max_batch=self.max_batch)).to_body()
+    def score(self, body: bytes) -> bytes:
+        """A request body in, the JSON response body out; :class:`BadRequest` for bad input."""
+        return self.predict(parse_request(body, max_batch=self.max_batch)).to_json()

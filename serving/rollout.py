@@ -178,12 +178,20 @@ class _Rollout:
         from azure.core.exceptions import ResourceNotFoundError
 
         environment = specs.load_serving_environment()
+        reference = f"{environment.name}:{environment.version}"
         try:
-            self.client.environments.get(environment.name, version=environment.version)
+            existing = self.client.environments.get(environment.name, version=environment.version)
         except ResourceNotFoundError:
-            self.log(f"Registering environment {environment.name}:{environment.version}...")
+            self.log(f"Registering environment {reference}...")
             self.client.environments.create_or_update(environment)
-        return f"azureml:{environment.name}:{environment.version}"
+        else:  # versions are immutable: a changed spec under an old version would be ignored
+            if (existing.image, existing.conda_file) != (environment.image, environment.conda_file):
+                raise RolloutError(
+                    f"Environment {reference} in the workspace differs from "
+                    f"{specs.ENVIRONMENT_SPEC.relative_to(specs.SERVING_DIR.parent)}: bump its "
+                    "version there (Azure ML environment versions cannot change)."
+                )
+        return f"azureml:{reference}"
 
     def _set_traffic(self, traffic: dict[str, int]) -> None:
         endpoint = self.client.online_endpoints.get(self.name)

@@ -39,6 +39,7 @@ from predictor import (
 MAX_BATCH_ENV = "SCORING_MAX_BATCH"
 _classifier: DigitClassifier | None = None
 _max_body = 0
+_JSON = {"Content-Type": "application/json"}
 _DISCARD_LIMIT = 100 << 20  # what the endpoint's front end accepts (client_max_body_size 100m)
 
 
@@ -123,6 +124,7 @@ def run(request: AMLRequest) -> AMLResponse:
         _discard_body(request)
         return _error(batch_too_large(None, _classifier.max_batch))
     try:
-        return AMLResponse(_classifier.score(request.get_data(cache=False)), 200, json_str=True)
+        body = _classifier.score(request.get_data(cache=False))
     except BadRequest as exc:
         return _error(exc)
+    return AMLResponse(body, 200, _JSON)

@@ -264,4 +264,3 @@ def model_settings_summary(deployment: ManagedOnlineDeployment) -> str:
         f"{deployment.instance_count} x {deployment.instance_type}, "
         f"WORKER_COUNT={variables.get('WORKER_COUNT', DEFAULT_WORKER_COUNT)}"
     )
-

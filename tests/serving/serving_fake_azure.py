@@ -150,11 +150,12 @@ class FakeAzureML:
                 name, deployment, {"model": f"{WS_PATH}/models/tf-mnist/versions/1"}
             )
 
-    def seed_environment(self, name: str, version: str) -> None:
+    def seed_environment(self, name: str, version: str, image: str, conda_file: str) -> None:
+        """An environment version registered earlier (``conda_file``: its YAML text)."""
         self.environments[(name, version)] = {
             "id": f"{WS_PATH}/environments/{name}/versions/{version}",
             "name": version,
-            "properties": {"image": "mcr.microsoft.com/azureml/openmpi5.0-ubuntu24.04:1"},
+            "properties": {"image": image, "condaFile": conda_file},
         }
 
     # ----------------------------------------------------------------- queries for tests

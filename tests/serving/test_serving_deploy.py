@@ -123,7 +123,9 @@ def test_first_rollout_creates_the_endpoint_and_serves_the_real_scorer(
 
 def test_blue_to_green_shifts_traffic_in_steps_after_a_smoke_test(fake, ml_client):
     fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
-    fake.seed_environment("tf-mnist-serving", "1")
+    environment = rollout.specs.load_serving_environment()
+    conda = rollout.specs.ENVIRONMENT_SPEC.with_name("conda.yml").read_text()
+    fake.seed_environment("tf-mnist-serving", "1", environment.image, conda)
     messages: list[str] = []
     report = deploy(ml_client, messages, model="azureml:tf-mnist:2")
 
@@ -142,6 +144,17 @@ def test_blue_to_green_shifts_traffic_in_steps_after_a_smoke_test(fake, ml_clien
     assert fake.calls.index(scoring[0]) < first_step
     assert ("mnist-digits", "blue") in fake.deployments  # kept for a quick way back
     assert any("Smoke test of green passed (20 digits)" in m for m in messages)
+
+
+def test_a_changed_environment_needs_a_new_version(fake, ml_client):
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    conda = rollout.specs.ENVIRONMENT_SPEC.with_name("conda.yml").read_text()
+    old = conda.replace("tensorflow-cpu==2.21.0", "tensorflow-cpu==2.20.0")
+    image = rollout.specs.load_serving_environment().image
+    fake.seed_environment("tf-mnist-serving", "1", image, old)
+    with pytest.raises(rollout.RolloutError, match="differs from serving/environment/environment"):
+        deploy(ml_client)
+    assert not [c for c in fake.calls if c.method not in ("GET", "HEAD")]
 
 
 def test_delete_old_removes_the_previous_colour(fake, ml_client):

@@ -104,3 +104,18 @@ def test_parse_request_reports_the_first_bad_image_in_a_batch():
     bad = "[" + ", ".join(["0.5"] * 783 + ['"x"']) + "]"
     with pytest.raises(BadRequest, match="Pixel 783 of image 2 is the string"):
         parse_request(f'{{"data": [{good}, {good}, {bad}, {bad}]}}'.encode())
+
+
+def test_requests_are_read_and_answered_the_same_without_orjson(monkeypatch):
+    import json
+
+    from serving import predictor
+
+    body = b'{"data": [' + b"[" + b"0.25, " * 783 + b"1]" + b"]}"
+    fast = parse_request(body)
+    result = predictor.Prediction(np.array([3]), np.full((1, 10), 0.1, np.float32))
+    monkeypatch.setattr(predictor, "orjson", None)
+    np.testing.assert_array_equal(parse_request(body), fast)
+    assert json.loads(result.to_json()) == result.to_body()
+    with pytest.raises(BadRequest, match="is nan"):
+        parse_request(body.replace(b"1]", b"NaN]"))
