@@ -1,0 +1,17 @@
+"""An entry script that does nothing: the floor azmlinfsrv itself sets (benchmarks only).
+
+It takes the raw request as serving/score.py does (``@rawhttp``) and answers a constant, so
+the time per request is the server's own: gunicorn, Flask, azmlinfsrv's hooks and logging.
+"""
+
+from azureml_inference_server_http.api.aml_request import rawhttp
+from azureml_inference_server_http.api.aml_response import AMLResponse
+
+
+def init():
+    pass
+
+
+@rawhttp
+def run(request):
+    return AMLResponse({"predictions": [], "probabilities": []}, 200, json_str=True)

@@ -1,0 +1,247 @@
+"""Scoring speed under the real azmlinfsrv: serving/score.py against two baselines.
+
+Servers with one worker each (``WORKER_COUNT=1``, otherwise deployment.yml's settings) on
+loopback ports, timed by one client in a bounded loop (``http.client``, a persistent client;
+azmlinfsrv's sync workers close each connection, so every request pays a loopback TCP connect,
+for every scorer alike). score.py and the empty floor run side by side and are timed
+round-robin, one request to each in turn, so that both see the same load on a shared machine;
+the naive scorer runs afterwards on its own:
+
+- **score.py**: this project's scoring script;
+- **naive**: the scoring script most samples ship (``model.predict`` per request,
+  ``benchmarks/serving_baselines/naive_score.py``);
+- **empty**: a ``run()`` that does nothing, the floor the server itself sets
+  (``benchmarks/serving_baselines/empty_score.py``).
+
+Measured for each: single-image requests per second, their p50 and p99 latency, and images
+per second in requests of 256. The images are real MNIST test digits when MNIST is available.
+
+    MNIST_DATA_DIR=../shared/data/mnist python -m benchmarks.serving_speed [--model-dir outputs]
+
+Goals: >= 10x the naive scorer's single-image throughput, p99 < 5 ms, and within 1.5x of the
+empty run()'s time per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serving import specs
+from serving.local_server import SCORE_SCRIPT, LocalServer
+from serving.predictor import find_model_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINES = Path(__file__).resolve().parent / "serving_baselines"
+SCORERS = {
+    "score.py": SCORE_SCRIPT,
+    "naive": BASELINES / "naive_score.py",
+    "empty": BASELINES / "empty_score.py",
+}
+BATCH = 256
+
+
+@dataclass
+class Result:
+    name: str
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    images_per_s: float
+    single_requests: int
+    batch_requests: int
+
+
+def _images(n: int) -> tuple[np.ndarray, str]:
+    """``n`` images scaled to [0, 1]: MNIST test digits if available, else random pixels."""
+    if os.environ.get("MNIST_DATA_DIR"):
+        from training.data import load_mnist
+
+        data = load_mnist()
+        return data.x_test[:n].reshape(n, 784) / 255.0, "MNIST test digits"
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, 784)) / 255.0, "random pixels (MNIST_DATA_DIR not set)"
+
+
+def _model_dir(requested: str | None, work: Path) -> Path:
+    """The model to serve: --model-dir, ./outputs, or a 1-epoch training run made here."""
+    for candidate in (requested, "outputs"):
+        if candidate and Path(candidate).is_dir():
+            model = find_model_dir(candidate)
+            return model.parent  # the folder above model/, as every scorer here expects
+    if requested:
+        sys.exit(f"--model-dir {requested} does not exist")
+    out = work / "trained"
+    print("No model given and none in ./outputs: training one epoch first...", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "training.train", "--epochs", "1", "--output-dir", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"},
+        check=True,
+    )
+    return out
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+    def post(self, body: bytes) -> float:
+        """Seconds for one request, from send to the last byte of the answer."""
+        started = time.perf_counter()
+        self.conn.request("POST", "/score", body, {"Content-Type": "application/json"})
+        response = self.conn.getresponse()
+        data = response.read()
+        elapsed = time.perf_counter() - started
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {data[:300]!r}")
+        if response.will_close:
+            self.conn.close()  # reconnects on the next request
+        return elapsed
+
+
+def _round_robin(
+    clients: dict[str, Client], body: bytes, caps: dict[str, int], max_seconds: float
+) -> dict[str, list[float]]:
+    """Time requests to every server in turn, so that they all see the same machine load.
+
+    Each round sends one request to each server that is under its cap (in a rotating order);
+    the loop ends when every cap is reached or the time is up.
+    """
+    times: dict[str, list[float]] = {name: [] for name in clients}
+    names = list(clients)
+    deadline = time.perf_counter() + max_seconds
+    round_ = 0
+    while time.perf_counter() < deadline:
+        due = [n for n in names if len(times[n]) < caps[n]]
+        if not due:
+            break
+        shift = round_ % len(due)
+        for name in due[shift:] + due[:shift]:
+            times[name].append(clients[name].post(body))
+        round_ += 1
+    return times
+
+
+def _result(name: str, singles: list[float], batches: list[float]) -> Result:
+    ordered = sorted(singles)
+    return Result(
+        name,
+        requests_per_s=len(singles) / sum(singles),
+        p50_ms=statistics.median(singles) * 1e3,
+        p99_ms=ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3,
+        images_per_s=BATCH * len(batches) / sum(batches),
+        single_requests=len(singles),
+        batch_requests=len(batches),
+    )
+
+
+def _measure(
+    names: list[str],
+    model_dir: Path,
+    single: bytes,
+    batch: bytes,
+    args: argparse.Namespace,
+    log_dir: Path,
+) -> dict[str, Result]:
+    """Start these servers side by side, warm them up, then time them round-robin."""
+    settings = {**specs.server_settings(), "WORKER_COUNT": "1"}
+    servers = {
+        name: LocalServer(
+            model_dir=model_dir,
+            settings=settings,
+            log_path=log_dir / f"{SCORERS[name].stem}.log",
+            entry_script=SCORERS[name],
+        )
+        for name in names
+    }
+    try:
+        for server in servers.values():
+            server.start()
+        clients = {name: Client(server.port) for name, server in servers.items()}
+        _round_robin(clients, single, dict.fromkeys(clients, args.warmup), 120)
+        _round_robin(clients, batch, dict.fromkeys(clients, 3), 120)
+        caps = {name: args.naive_requests if name == "naive" else args.requests for name in names}
+        singles = _round_robin(clients, single, caps, args.seconds)
+        batches = _round_robin(
+            clients, batch, dict.fromkeys(names, args.batch_requests), args.seconds
+        )
+    finally:
+        for server in servers.values():
+            server.stop()
+    return {name: _result(name, singles[name], batches[name]) for name in names}
+
+
+def measure(
+    model_dir: Path, single: bytes, batch: bytes, args: argparse.Namespace, log_dir: Path
+) -> dict[str, Result]:
+    """score.py and the empty floor side by side (the ratio that needs the same conditions),
+    then the naive scorer on its own (its busy Keras threads would slow the others down)."""
+    results = _measure(["score.py", "empty"], model_dir, single, batch, args, log_dir)
+    results.update(_measure(["naive"], model_dir, single, batch, args, log_dir))
+    return {name: results[name] for name in SCORERS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", help="training output folder (default: ./outputs)")
+    parser.add_argument("--requests", type=int, default=3000, help="single-image requests cap")
+    parser.add_argument("--naive-requests", type=int, default=300, help="the same, naive scorer")
+    parser.add_argument("--batch-requests", type=int, default=40, help="batch requests cap")
+    parser.add_argument("--seconds", type=float, default=60.0, help="time cap per measurement")
+    parser.add_argument("--warmup", type=int, default=30)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="serving-speed-") as folder:
+        work = Path(folder)
+        model_dir = _model_dir(args.model_dir, work)
+        images, source = _images(BATCH)
+        single = json.dumps({"data": images[:1].tolist()}).encode()
+        batch = json.dumps({"data": images.tolist()}).encode()
+        print(
+            f"Model {model_dir}; payload: {source}, {len(single)} bytes per single image, "
+            f"{len(batch) / 1e6:.1f} MB per batch of {BATCH}; one worker per server.",
+            flush=True,
+        )
+        results = measure(model_dir, single, batch, args, work)
+        for r in results.values():
+            print(f"  {r.name}: {r.single_requests} single-image and {r.batch_requests} batch "
+                  "requests timed", flush=True)  # fmt: skip
+
+    print()
+    print(f"{'scorer':<10} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'images/s @256':>14}")
+    for r in results.values():
+        print(
+            f"{r.name:<10} {r.requests_per_s:>11.1f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
+            f"{r.images_per_s:>14.0f}"
+        )
+    ours, naive, empty = results["score.py"], results["naive"], results["empty"]
+    speedup = ours.requests_per_s / naive.requests_per_s
+    floor = empty.requests_per_s / ours.requests_per_s
+    goals = [
+        (f"single-image throughput vs naive: {speedup:.1f}x (goal >= 10x)", speedup >= 10),
+        (f"p99 latency: {ours.p99_ms:.2f} ms (goal < 5 ms)", ours.p99_ms < 5),
+        (f"time per request vs the empty run() floor: {floor:.2f}x (goal <= 1.5x)", floor <= 1.5),
+    ]
+    print(
+        f"batch of {BATCH}: {ours.images_per_s / naive.images_per_s:.1f}x the naive scorer's "
+        f"images/s, {ours.images_per_s / BATCH:.1f} requests/s"
+    )
+    for text, met in goals:
+        print(f"{'PASS' if met else 'MISS'}  {text}")
+    return 0 if all(met for _, met in goals) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
