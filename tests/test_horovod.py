@@ -233,6 +233,7 @@ def test_rerun_resumes_every_rank_from_the_last_checkpoint(horovod_python, horov
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_local_mpi_launcher_starts_every_rank_with_the_horovod_python(horovod_python):
     """The local stand-in for Azure ML's mpirun: one horovodrun starting NP ranks of the
     job's command, where `python` is the Horovod environment's interpreter."""
