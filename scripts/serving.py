@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -105,37 +106,43 @@ def register(subparsers: Any) -> None:
 def _workspace_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "workspace",
-        "where the endpoint lives (the Pulumi stack outputs subscriptionId, "
-        "resourceGroupName and workspaceName)",
+        "where the endpoint lives: the Pulumi stack's outputs by default, or all three flags",
     )
-    group.add_argument("--subscription", default=os.environ.get("AZURE_SUBSCRIPTION_ID"))
-    group.add_argument("--resource-group", default=os.environ.get("AZURE_RESOURCE_GROUP"))
-    group.add_argument("--workspace", default=os.environ.get("AZUREML_WORKSPACE_NAME"))
+    group.add_argument("--stack", help="Pulumi stack to read (default: the selected stack)")
+    group.add_argument("--subscription", help="Azure subscription ID")
+    group.add_argument("--resource-group", help="resource group of the workspace")
+    group.add_argument("--workspace", help="Azure ML workspace name")
+
+
+def workspace_of(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(subscription, resource group, workspace): from the flags, else the stack's outputs."""
+    flags = {
+        "--subscription": args.subscription,
+        "--resource-group": args.resource_group,
+        "--workspace": args.workspace,
+    }
+    given = [flag for flag, value in flags.items() if value]
+    if given and len(given) < len(flags):
+        missing = " ".join(f"{flag} ..." for flag, value in flags.items() if not value)
+        raise UserError(
+            f"Which workspace? Pass {missing} too, or none of the three to use the Pulumi "
+            "stack's workspace."
+        )
+    if given:
+        return args.subscription, args.resource_group, args.workspace
+    from scripts.infra import read_stack_outputs
+
+    outputs = read_stack_outputs(args.stack)
+    return outputs.subscription_id, outputs.resource_group, outputs.workspace_name
 
 
 def make_ml_client(args: argparse.Namespace) -> Any:
-    """An MLClient for the workspace named on the command line, signed in as the user."""
-    missing = [
-        flag
-        for flag, value in (
-            ("--subscription", args.subscription),
-            ("--resource-group", args.resource_group),
-            ("--workspace", args.workspace),
-        )
-        if not value
-    ]
-    if missing:
-        raise UserError(
-            f"Which workspace? Pass {' '.join(f'{flag} ...' for flag in missing)} (or set "
-            "AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP, AZUREML_WORKSPACE_NAME); `pulumi stack "
-            "output` shows subscriptionId, resourceGroupName and workspaceName."
-        )
+    """An MLClient for the workspace, signed in as the user (az login or the environment)."""
+    subscription, resource_group, workspace = workspace_of(args)
     from azure.ai.ml import MLClient
     from azure.identity import DefaultAzureCredential
 
-    return MLClient(
-        DefaultAzureCredential(), args.subscription, args.resource_group, args.workspace
-    )
+    return MLClient(DefaultAzureCredential(), subscription, resource_group, workspace)
 
 
 def _azure_errors(exc: Exception) -> UserError:
@@ -173,7 +180,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"Try: python -m scripts invoke serving/sample-digits.json --url "
         f"http://127.0.0.1:{args.port}/score   (Ctrl-C stops the server)"
     )
-    return subprocess.call(server_command(SCORE_SCRIPT, args.port), env=env)
+    return _run_in_foreground(server_command(SCORE_SCRIPT, args.port), env)
+
+
+def _run_in_foreground(command: list[str], env: dict[str, str]) -> int:
+    """Run the server until it exits; Ctrl-C or SIGTERM here stop it too (no orphan)."""
+    process = subprocess.Popen(command, env=env)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 # --------------------------------------------------------------------------- deploy

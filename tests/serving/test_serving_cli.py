@@ -30,11 +30,17 @@ def test_serve_runs_score_py_under_azmlinfsrv_with_the_deployments_settings(
     (model / "data" / "model.keras").write_bytes(b"x")
     started = {}
 
-    def fake_call(command, env):
-        started.update(command=command, env=env)
-        return 0
+    class Server:  # stands in for the azmlinfsrv process
+        def __init__(self, command, env):
+            started.update(command=command, env=env)
 
-    monkeypatch.setattr(scripts.serving.subprocess, "call", fake_call)
+        def wait(self, timeout=None):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(scripts.serving.subprocess, "Popen", Server)
     assert cli(["serve", "--model-dir", str(tmp_path / "outputs"), "--port", "5123"]) == 0
     command, env = started["command"], started["env"]
     assert command == [sys.executable, "-m", "azureml_inference_server_http",

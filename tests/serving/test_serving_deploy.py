@@ -292,15 +292,38 @@ def test_deploy_command_rolls_out(fake, cli, capsys):
     assert fake.traffic_updates("mnist-digits") == [{"green": 50, "blue": 50}, {"green": 100}]
 
 
-def test_deploy_command_needs_the_workspace(monkeypatch, capsys):
+def test_deploy_command_needs_all_three_workspace_flags(monkeypatch, capsys):
     import scripts.__main__ as entry
 
     monkeypatch.setattr(entry, "COMMAND_MODULES", ("scripts.serving",))
-    for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME"):
-        monkeypatch.delenv(name, raising=False)
     assert entry.main(["deploy", "--subscription", "x"]) == 2
     err = capsys.readouterr().err
-    assert "Which workspace? Pass --resource-group ... --workspace ..." in err
+    assert "Which workspace? Pass --resource-group ... --workspace ... too" in err
+
+
+def test_the_workspace_comes_from_the_pulumi_stack_by_default(monkeypatch):
+    import argparse
+
+    import scripts.infra
+    import scripts.serving
+    from infra.outputs import OUTPUT_KEYS, parse_stack_outputs
+
+    values = {key: f"value-{key}" for key in OUTPUT_KEYS.values()}
+    values.update(subscriptionId=SUBSCRIPTION, gpuMaxNodes=2, gpusPerNode=1)
+    stacks: list[str | None] = []
+
+    def read(stack):
+        stacks.append(stack)
+        return parse_stack_outputs(values)
+
+    monkeypatch.setattr(scripts.infra, "read_stack_outputs", read)
+    args = argparse.Namespace(stack="prod", subscription=None, resource_group=None, workspace=None)
+    assert scripts.serving.workspace_of(args) == (
+        SUBSCRIPTION,
+        "value-resourceGroupName",
+        "value-workspaceName",
+    )
+    assert stacks == ["prod"]
 
 
 def test_dry_run_prints_the_deployment_without_azure(monkeypatch, capsys):
