@@ -7,10 +7,11 @@ The model is the folder that training writes (the training contract): an MLflow 
 directory whose Keras model is ``data/model.keras``, taking float32 ``[-1, 784]`` pixels scaled
 to [0, 1] and returning float32 ``[-1, 10]`` softmax probabilities.
 
-Speed: the model is called through one concrete TensorFlow function traced once for a
-``[None, 784]`` float32 input (no retracing, no Keras ``predict`` machinery per call), and the
-common case of a well-formed request is checked with a few vectorised numpy operations; the
-slow, element-by-element walk only runs to explain what is wrong with a bad request.
+Speed: the model is called through concrete TensorFlow functions traced once, for a
+``[None, 784]`` float32 input and (XLA-compiled) for a single image: no retracing, no Keras
+``predict`` machinery per call. JSON is read and written with orjson when it is installed. A
+well-formed request is checked with a few vectorised numpy operations; the slow,
+element-by-element walk only runs to explain what is wrong with a bad request.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ PIXELS = 784
 SIDE = 28
 CLASSES = 10
 MODEL_FILE = Path("data") / "model.keras"  # inside the model folder, per the training contract
-MLMODEL_FILE = "MLmodel"
 DEFAULT_MAX_BATCH = 512
 # Upper bound on the JSON text of one image (784 numbers written with full float precision and
 # generous whitespace); bodies above max_batch times this are refused before they are read.
