@@ -14,7 +14,12 @@ import sys
 
 from scripts import UserError
 
-COMMAND_MODULES: tuple[str, ...] = ("scripts.demo", "scripts.serving", "scripts.infra")
+COMMAND_MODULES: tuple[str, ...] = (
+    "scripts.demo",
+    "scripts.serving",
+    "scripts.infra",
+    "scripts.jobs",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,428 @@
+"""Job specs (training/jobs/*.yml) as azure-ai-ml loads them, and what running one locally needs.
+
+Every job in ``training/jobs/`` is a one-step pipeline around one command component,
+``training/jobs/components/train.yml`` (the only place that says what training runs: code,
+command, inputs, outputs, environment). A variant adds what differs: node count,
+``distribution``, a hyperparameter search. Each file is a complete spec that ``az ml job
+create -f`` accepts, and this module loads it with azure-ai-ml's own ``load_job`` so the local
+runner and ``submit`` read the same object.
+
+``--set KEY=VALUE`` overrides work like the Azure CLI's ``--set`` (``params_override``), with
+one convenience: ``inputs.NAME`` addresses the input of the job's single step, and for a data
+input it replaces the path (a local folder is made absolute here, so it means what the user
+typed).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scripts import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+JOBS_DIR = REPO_ROOT / "training" / "jobs"
+DATA_SPECS_DIR = JOBS_DIR / "data"
+ENVIRONMENTS_DIR = REPO_ROOT / "training" / "environments"
+
+DATA_TYPES = frozenset({"uri_folder", "uri_file", "mltable", "mlflow_model", "custom_model"})
+_PLACEHOLDER = re.compile(r"\$\{\{\s*([A-Za-z_]+)\.([A-Za-z0-9_.]+)\s*\}\}")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+_OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
+# azureml:NAME@LABEL, azureml:NAME:VERSION (the prefix is optional once the SDK has loaded it)
+_ASSET_REF = re.compile(
+    r"^(?:azureml:)?(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(?P<label>\w+)|:(?P<version>[^:/]+))$"
+)
+
+
+def quiet_sdk() -> None:
+    """Hide azure-ai-ml's 'experimental class' notices, which say nothing about the user's spec."""
+    logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A loaded job spec: the azure-ai-ml job, and its single step when it is a pipeline."""
+
+    path: Path
+    job: Any  # azure.ai.ml.entities.Job (PipelineJob, CommandJob, SweepJob)
+    step_name: str | None  # the pipeline's only node, None for a standalone job
+    overrides: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def step(self) -> Any:
+        """What runs: the pipeline's node (Command or Sweep), or the job itself."""
+        return self.job.jobs[self.step_name] if self.step_name else self.job
+
+    @property
+    def component(self) -> Any:
+        """The command component of the step (a sweep's trial), or None for a command job."""
+        step = self.step
+        return getattr(step, "trial", None) or getattr(step, "component", None)
+
+    @property
+    def kind(self) -> str:
+        """``command`` or ``sweep``."""
+        return str(self.step.type)
+
+
+def parse_sets(items: Iterable[str]) -> list[tuple[str, Any]]:
+    """``KEY=VALUE`` pairs; each VALUE is read as YAML (``2`` an int, ``1e-3`` a float)."""
+    pairs = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set inputs.epochs=2")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 as text
+        pairs.append((key, text if isinstance(value, dict | list) else value))
+    return pairs
+
+
+def _load_job(path: Path, overrides: Sequence[dict[str, Any]] = ()) -> Any:
+    quiet_sdk()
+    from azure.ai.ml import load_job
+    from azure.ai.ml.exceptions import ValidationException
+    from marshmallow import ValidationError
+
+    try:
+        return load_job(path, params_override=list(overrides))
+    except (ValidationError, ValidationException) as exc:
+        raise UserError(
+            f"{_rel(path)} is not a valid Azure ML job spec: {_first_error(exc)}"
+        ) from None
+
+
+def _first_error(exc: Exception) -> str:
+    text = str(getattr(exc, "message", None) or exc)
+    messages = re.findall(r'"message":\s*"((?:[^"\\]|\\.)*)"', text)
+    if messages:
+        text = messages[0].encode().decode("unicode_escape")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines[:6])[:600]
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def load_spec(
+    path: str | Path, sets: Sequence[tuple[str, Any]] = (), *, cwd: Path | None = None
+) -> Spec:
+    """Load a job spec with azure-ai-ml's ``load_job`` and apply ``--set`` overrides.
+
+    Raises ``UserError`` for a missing file, an invalid spec or an override that names no input.
+    """
+    path = Path(path)
+    if not path.is_file():
+        hint = ", ".join(sorted(p.name for p in JOBS_DIR.glob("*.yml")))
+        raise UserError(f"no job spec at {path} (the specs are in {_rel(JOBS_DIR)}: {hint})")
+    base = _load_job(path)
+    step_name = _single_step(base, path)
+    overrides = tuple(
+        _override(base, step_name, key, value, cwd or Path.cwd()) for key, value in sets
+    )
+    job = _load_job(path, overrides) if overrides else base
+    return Spec(path.resolve(), job, step_name, overrides)
+
+
+def _single_step(job: Any, path: Path) -> str | None:
+    if job.type != "pipeline":
+        return None
+    if len(job.jobs) != 1:
+        raise UserError(
+            f"{_rel(path)} has {len(job.jobs)} steps; these commands handle one-step pipelines "
+            "(one command or sweep node), like every spec in training/jobs/"
+        )
+    return next(iter(job.jobs))
+
+
+def _override(job: Any, step_name: str | None, key: str, value: Any, cwd: Path) -> dict[str, Any]:
+    """One ``--set`` as a ``params_override`` entry on the YAML of the spec."""
+    if not key.startswith("inputs."):
+        return {key: value}
+    name = key.split(".", 1)[1]
+    step = job.jobs[step_name] if step_name else job
+    component = getattr(step, "trial", None) or getattr(step, "component", None)
+    declared = dict(component.inputs) if component is not None else dict(step.inputs)
+    if name not in declared:
+        raise UserError(
+            f"--set {key}: the job has no input {name!r} "
+            f"(its inputs: {', '.join(sorted(declared))})"
+        )
+    prefix = f"jobs.{step_name}.inputs.{name}" if step_name else f"inputs.{name}"
+    input_type = _input_type(declared[name], step.inputs.get(name))
+    if input_type in DATA_TYPES:
+        local = Path(str(value)).expanduser()
+        local = local if local.is_absolute() else cwd / local
+        path = str(local.resolve()) if local.exists() else str(value)
+        return {prefix: {"type": input_type, "path": path}}
+    _check_literal(key, declared[name], value)
+    return {prefix: value}
+
+
+_LITERAL_TYPES: dict[str, tuple[type, ...]] = {
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+}
+
+
+def _check_literal(key: str, declared: Any, value: Any) -> None:
+    """Check a literal against the component's declared type and bounds, as Azure ML would."""
+    expected = _LITERAL_TYPES.get(str(getattr(declared, "type", "")))
+    if expected is None:
+        return
+    if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+        raise UserError(
+            f"--set {key}={value}: expected {'a' if expected != (int,) else 'an'} {declared.type}"
+        )
+    low, high = getattr(declared, "min", None), getattr(declared, "max", None)
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise UserError(f"--set {key}={value}: must be {bounds}")
+
+
+def _input_type(declared: Any, bound: Any) -> str | None:
+    data = getattr(bound, "_data", bound)
+    return getattr(data, "type", None) or getattr(declared, "type", None)
+
+
+# ---------------------------------------------------------------------------- assets
+
+
+@dataclass(frozen=True)
+class AssetRef:
+    """``azureml:NAME@LABEL`` or ``azureml:NAME:VERSION`` in a spec."""
+
+    kind: str  # environment | data
+    name: str
+    version: str | None
+    label: str | None
+
+
+def parse_asset_ref(kind: str, text: str | None) -> AssetRef | None:
+    """The workspace asset ``text`` names, or None for a path, a URL or an inline definition."""
+    if not isinstance(text, str) or "://" in text or text.startswith(("/", ".", "file:")):
+        return None
+    match = _ASSET_REF.match(text.strip())
+    if not match or (kind == "data" and not (match["label"] or match["version"])):
+        return None
+    return AssetRef(kind, match["name"], match["version"], match["label"])
+
+
+def asset_refs(spec: Spec) -> list[AssetRef]:
+    """Environments and data assets the spec refers to by name (what must exist to submit)."""
+    refs: list[AssetRef | None] = []
+    step, component = spec.step, spec.component
+    environment = getattr(step, "environment", None) or getattr(component, "environment", None)
+    refs.append(parse_asset_ref("environment", _as_text(environment)))
+    for source in (getattr(spec.job, "inputs", {}) or {}, step.inputs or {}):
+        for value in source.values():
+            data = getattr(value, "_data", value)
+            if getattr(data, "type", None) in DATA_TYPES:
+                refs.append(parse_asset_ref("data", getattr(data, "path", None)))
+    unique: dict[tuple[str, str], AssetRef] = {}
+    for ref in refs:
+        if ref is not None:
+            unique.setdefault((ref.kind, ref.name), ref)
+    return list(unique.values())
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return None  # an inline Environment object: nothing to look up
+
+
+@dataclass(frozen=True)
+class LocalAssetSpec:
+    """An environment or data asset spec file in this repository."""
+
+    kind: str
+    name: str
+    version: str
+    path: Path
+
+
+def local_asset_specs() -> dict[tuple[str, str], LocalAssetSpec]:
+    """(kind, name) -> spec file, for training/environments/*/environment.yml and the data specs."""
+    found: dict[tuple[str, str], LocalAssetSpec] = {}
+    sources = [("environment", p) for p in sorted(ENVIRONMENTS_DIR.glob("*/environment.yml"))]
+    sources += [("data", p) for p in sorted(DATA_SPECS_DIR.glob("*.yml"))]
+    for kind, path in sources:
+        raw = yaml.safe_load(path.read_text()) or {}
+        if raw.get("name") and raw.get("version") is not None:
+            found[(kind, str(raw["name"]))] = LocalAssetSpec(
+                kind, str(raw["name"]), str(raw["version"]), path
+            )
+    return found
+
+
+# ---------------------------------------------------------------------------- local plan
+
+
+@dataclass
+class LocalPlan:
+    """What running a spec's step on this machine needs, resolved from the loaded spec."""
+
+    spec: Spec
+    command_template: str
+    code_dir: Path
+    inputs: dict[str, str | None]  # name -> value as the command gets it (None: unset)
+    outputs: list[str]
+    distribution: Any  # azure.ai.ml distribution object, or None
+    instance_count: int
+    environment_variables: dict[str, str]
+    experiment_name: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+def local_plan(spec: Spec) -> LocalPlan:
+    """Resolve the step of ``spec`` for a local run (inputs, code folder, distribution)."""
+    if spec.kind == "sweep":
+        raise UserError(
+            f"{_rel(spec.path)} is a hyperparameter sweep, which only Azure ML runs "
+            "(`python -m scripts submit`); try one trial locally with e.g. "
+            "`python -m scripts run training/jobs/single.yml --set inputs.batch_size=128`"
+        )
+    step, component = spec.step, spec.component
+    source = component if component is not None else step
+    command = getattr(source, "command", None)
+    if not command:
+        raise UserError(f"{_rel(spec.path)}: the step has no command to run")
+    declared = dict(source.inputs or {})
+    notes: list[str] = []
+    inputs = {
+        name: _local_input(spec, name, declared.get(name), (step.inputs or {}).get(name), notes)
+        for name in set(declared) | set(step.inputs or {})
+    }
+    resources = getattr(step, "resources", None)
+    environment_variables = {
+        **{k: str(v) for k, v in (getattr(component, "environment_variables", None) or {}).items()},
+        **{k: str(v) for k, v in (getattr(step, "environment_variables", None) or {}).items()},
+    }
+    return LocalPlan(
+        spec=spec,
+        command_template=command,
+        code_dir=_code_dir(spec, source),
+        inputs=inputs,
+        outputs=sorted((source.outputs or {}).keys()),
+        distribution=getattr(step, "distribution", None),
+        instance_count=int(getattr(resources, "instance_count", None) or 1),
+        environment_variables=environment_variables,
+        experiment_name=getattr(spec.job, "experiment_name", None),
+        notes=notes,
+    )
+
+
+def _code_dir(spec: Spec, source: Any) -> Path:
+    code = getattr(source, "code", None)
+    if code is None:
+        raise UserError(f"{_rel(spec.path)}: the step has no `code` folder to run in")
+    if not isinstance(code, str | Path):
+        code = getattr(code, "path", code)
+    base = Path(getattr(source, "base_path", None) or spec.path.parent)
+    folder = (base / str(code)).resolve()
+    if not folder.is_dir():
+        raise UserError(f"{_rel(spec.path)}: its code folder {folder} does not exist")
+    return folder
+
+
+def _local_input(spec: Spec, name: str, declared: Any, bound: Any, notes: list[str]) -> str | None:
+    value = getattr(bound, "_data", bound)
+    if isinstance(value, str) and value.startswith("${{parent.inputs."):
+        parent = value.strip("${} ").split(".", 2)[2]
+        value = getattr(spec.job.inputs.get(parent), "_data", spec.job.inputs.get(parent))
+    optional = bool(getattr(declared, "optional", False))
+    if value is None:
+        value = getattr(declared, "default", None)
+    if value is None:
+        return None
+    if getattr(value, "type", None) in DATA_TYPES or hasattr(value, "path"):
+        return _local_data(spec, name, value, optional, notes)
+    if hasattr(value, "default") and not isinstance(value, str | int | float | bool):
+        value = value.default
+    return None if value is None else str(value)
+
+
+def _local_data(spec: Spec, name: str, value: Any, optional: bool, notes: list[str]) -> str | None:
+    raw = str(value.path or "")
+    local = Path(raw.removeprefix("file:")).expanduser()
+    if not local.is_absolute():
+        local = spec.path.parent / local
+    if local.exists():
+        return str(local.resolve())
+    remote = "://" in raw or parse_asset_ref("data", raw) is not None
+    if not remote:
+        raise UserError(f"inputs.{name}: {raw} does not exist on this machine")
+    if optional:
+        notes.append(
+            f"inputs.{name} is {raw!r} in the workspace; here the step runs without this "
+            "optional input (training then reads $MNIST_DATA_DIR or its download cache); "
+            f"--set inputs.{name}=FOLDER picks a local folder"
+        )
+        return None
+    raise UserError(
+        f"inputs.{name} is {raw!r}, which exists only in the workspace: "
+        f"pass a local copy with --set inputs.{name}=FOLDER"
+    )
+
+
+def render_command(
+    template: str, inputs: Mapping[str, str | None], outputs: Mapping[str, str]
+) -> str:
+    """The command with ``${{inputs.*}}``/``${{outputs.*}}`` filled in, as Azure ML fills it.
+
+    A ``$[[...]]`` block is kept only when every input it names has a value. Values are
+    shell-quoted (local paths may hold spaces). Raises ``UserError`` for a required input
+    without a value or a placeholder this runner does not know.
+    """
+
+    def block(match: re.Match[str]) -> str:
+        names = [
+            m.group(2) for m in _PLACEHOLDER.finditer(match.group(1)) if m.group(1) == "inputs"
+        ]
+        return match.group(1) if all(inputs.get(n) is not None for n in names) else ""
+
+    def value(match: re.Match[str]) -> str:
+        kind, name = match.group(1), match.group(2)
+        source = inputs if kind == "inputs" else outputs if kind == "outputs" else None
+        if source is None:
+            raise UserError(
+                f"the command uses ${{{{{kind}.{name}}}}}, which a local run cannot fill"
+            )
+        if name not in source:
+            raise UserError(
+                f"the command uses ${{{{{kind}.{name}}}}}, but the step has no {kind[:-1]} {name!r}"
+            )
+        text = source[name]
+        if text is None:
+            raise UserError(f"inputs.{name} is required: set it with --set inputs.{name}=VALUE")
+        return shlex.quote(text)
+
+    command = _OPTIONAL_BLOCK.sub(block, template)
+    return " ".join(_PLACEHOLDER.sub(value, command).split())
+
+
+def dump_job(job: Any) -> str:
+    """The job as YAML, the way azure-ai-ml serialises it (what ``--dry-run`` prints)."""
+    return yaml.safe_dump(job._to_dict(), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,130 @@
+"""Run a job spec's step on this machine the way Azure ML runs it on a cluster.
+
+The command is the component's, with ``${{inputs.*}}`` and ``${{outputs.*}}`` filled in (each
+output is a fresh folder under ``OUTPUTS/<job name>/``), run with ``bash -c`` from the spec's
+``code`` folder, with the variables Azure ML sets and the spec's ``environment_variables``.
+``distribution`` picks the processes: one for a plain command, one per worker and parameter
+server with its ``TF_CONFIG`` for ``type: tensorflow`` (``scripts/launch.py``). If any process
+fails the others are stopped and its exit status is the run's.
+
+The local Python environment stands in for the spec's ``environment``: ``python`` in the
+command is the interpreter running this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from scripts import UserError
+from scripts.jobspec import LocalPlan, render_command
+from scripts.launch import Task, run_tasks, tensorflow_tasks
+
+# distribution type -> function(plan, argv) -> the processes to start
+Launcher = Callable[[LocalPlan, list[str]], list[Task]]
+
+
+def _tensorflow(plan: LocalPlan, argv: list[str]) -> list[Task]:
+    distribution = plan.distribution
+    workers = int(distribution.worker_count or plan.instance_count)
+    parameter_servers = int(distribution.parameter_server_count or 0)
+    if workers < 1:
+        raise UserError("distribution.worker_count must be at least 1")
+    return tensorflow_tasks(argv, workers, parameter_servers)
+
+
+LAUNCHERS: dict[str, Launcher] = {"tensorflow": _tensorflow}
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """The result of a local run: exit status, job name and where each output went."""
+
+    status: int
+    job_name: str
+    outputs: dict[str, Path]
+    metrics: dict[str, Any] | None
+
+
+def job_name_for(plan: LocalPlan, now: float | None = None) -> str:
+    """``<spec name>-<YYYYmmdd-HHMMSS>``: unique per second, sortable, readable."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return f"{plan.spec.path.stem}-{stamp}"
+
+
+def azureml_environment(plan: LocalPlan, job_name: str) -> dict[str, str]:
+    """Variables Azure ML sets for a job's processes that training may read."""
+    env = {"AZUREML_RUN_ID": job_name}
+    if plan.experiment_name:
+        env["AZUREML_ARM_PROJECT_NAME"] = plan.experiment_name
+        env["MLFLOW_EXPERIMENT_NAME"] = plan.experiment_name
+    return env
+
+
+def tasks_for(plan: LocalPlan, command: str) -> list[Task]:
+    """The processes of the step, as its ``distribution`` asks."""
+    argv = ["bash", "-c", command]
+    distribution = plan.distribution
+    if distribution is None:
+        return [Task("main", argv)]
+    kind = str(distribution.type).lower()
+    launcher = LAUNCHERS.get(kind)
+    if launcher is None:
+        raise UserError(
+            f"distribution type {kind!r} does not run locally yet (local runs support: "
+            f"{', '.join(sorted(LAUNCHERS))}); submit it to Azure ML (`python -m scripts submit`)"
+        )
+    return launcher(plan, argv)
+
+
+def run_plan(
+    plan: LocalPlan,
+    *,
+    outputs_root: Path,
+    job_name: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    sink: TextIO | None = None,
+) -> LocalRun:
+    """Run the step to completion; returns its status, outputs and the metrics training wrote."""
+    sink = sink or sys.stdout
+    job_name = job_name or job_name_for(plan)
+    job_dir = (outputs_root / job_name).resolve()
+    if job_dir.exists() and any(job_dir.iterdir()):
+        raise UserError(f"{job_dir} already holds a run: choose another --name or remove it")
+    outputs = {name: job_dir / name for name in plan.outputs}
+    command = render_command(
+        plan.command_template, plan.inputs, {k: str(v) for k, v in outputs.items()}
+    )
+    tasks = tasks_for(plan, command)
+    for folder in outputs.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    base_env = dict(os.environ if env is None else env)
+    # `python` in the command is this interpreter: the local stand-in for the job's environment.
+    interpreter_dir = str(Path(sys.executable).parent)
+    base_env["PATH"] = os.pathsep.join([interpreter_dir, base_env.get("PATH", "")])
+    base_env.update(azureml_environment(plan, job_name))
+    base_env.update(plan.environment_variables)
+    for note in plan.notes:
+        sink.write(f"note: {note}\n")
+    sink.write(f"job {job_name}: {len(tasks)} process(es) in {plan.code_dir}\n$ {command}\n")
+    sink.flush()
+    status = run_tasks(tasks, cwd=plan.code_dir, base_env=base_env, timeout=timeout, sink=sink)
+    return LocalRun(status, job_name, outputs, _metrics(outputs))
+
+
+def _metrics(outputs: Mapping[str, Path]) -> dict[str, Any] | None:
+    for folder in outputs.values():
+        path = folder / "metrics.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except ValueError:
+                return None
+    return None
