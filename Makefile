@@ -13,7 +13,7 @@ export MNIST_DATA_DIR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo train test test-fast lint format bench test-infra preflight \
-	horovod-env train-horovod
+	horovod-env train-horovod serve test-serving bench-serving
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -47,6 +47,12 @@ test-infra: $(STAMP) ## Run the infrastructure tests (Pulumi program under mocks
 preflight: $(STAMP) ## Check VM sizes and Azure ML quota in the region before `pulumi up` (STACK=dev)
 	$(PY) -m scripts preflight --stack $(or $(STACK),dev)
 
+serve: $(STAMP) ## Serve ./outputs/model with serving/score.py under azmlinfsrv on :5001, as the endpoint would
+	$(PY) -m scripts serve
+
+test-serving: $(STAMP) ## Run the serving tests (real model, real azmlinfsrv, deploy through the SDK)
+	$(PY) -m pytest tests/serving
+
 horovod-env: ## Build (or reuse) the pinned Horovod virtualenv: TF 2.13 + horovod 0.28.1, Gloo
 	$(PYTHON) training/environments/horovod/build_env.py
 
@@ -63,3 +69,6 @@ format: $(STAMP) ## Fix lint and format with ruff
 
 bench: $(STAMP) ## Run the benchmarks (training speed) and print ratios against their baselines
 	$(PY) -m benchmarks.train_speed
+
+bench-serving: $(STAMP) ## Benchmark score.py under azmlinfsrv against model.predict and an empty run()
+	$(PY) -m benchmarks.serving_speed
