@@ -74,7 +74,13 @@ def resolve_target(args: argparse.Namespace) -> Target:
         )
     from scripts.infra import read_stack_outputs
 
-    outputs = read_stack_outputs(args.stack)
+    try:
+        outputs = read_stack_outputs(args.stack)
+    except UserError as exc:
+        raise UserError(
+            f"{exc}\n(or name a workspace made another way: --subscription, --resource-group, "
+            "--workspace" + (" and --compute)" if hasattr(args, "compute") else ")")
+        ) from None
     stack = f"stack {args.stack}" if args.stack else "the selected stack"
     on_gpu = compute in (None, outputs.gpu_cluster)
     return Target(
@@ -370,6 +376,12 @@ def submit_job(
     try:
         follow(ml_client, created, sink=sink, poll=poll)
     except JobException as exc:
+        if "streaming for the run interrupted" in str(exc):  # Ctrl-C while following
+            raise UserError(
+                f"stopped following job {created.name}; it keeps running on Azure ML "
+                f"(studio: {created.studio_url}); stop it with `az ml job cancel -n "
+                f"{created.name}` or in studio"
+            ) from None
         reason = explain(exc, target) or _first_line(str(exc))
         raise UserError(
             f"job {created.name} failed: {reason} (studio: {created.studio_url})"
@@ -383,8 +395,7 @@ def follow(ml_client: Any, job: Any, *, sink: Any, poll: float = 15.0) -> None:
 
     terminal = {"Completed", "Failed", "Canceled", "NotResponding"}
     if job.type == "pipeline":
-        sink.write(f"waiting for {job.name} to start its step...\n")
-        sink.flush()
+        last = None
         while True:
             children = list(ml_client.jobs.list(parent_job_name=job.name))
             if children:
@@ -392,8 +403,13 @@ def follow(ml_client: Any, job: Any, *, sink: Any, poll: float = 15.0) -> None:
                 sink.flush()
                 ml_client.jobs.stream(children[0].name)
                 break
-            if ml_client.jobs.get(job.name).status in terminal:
+            status = str(getattr(ml_client.jobs.get(job.name).status, "value", ""))
+            if status in terminal:
                 break
+            if status != last:  # queued behind an image build or a cluster scaling up
+                sink.write(f"{job.name}: {status}, waiting for its step to start\n")
+                sink.flush()
+                last = status
             time.sleep(poll)
     ml_client.jobs.stream(job.name)
 

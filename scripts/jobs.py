@@ -195,8 +195,10 @@ def cmd_submit(args: argparse.Namespace, *, credential: Any = None, **client_kwa
 
 
 def cmd_register(args: argparse.Namespace, *, credential: Any = None, **client_kwargs: Any) -> int:
-    from scripts.azureml import MODEL_NAME, download_output, register_model
+    from scripts.azureml import MODEL_NAME, download_output, model_tags, register_model
 
+    if args.model_dir is not None:
+        model_tags(args.model_dir)  # a folder that is no model fails before any sign-in
     target, ml_client = _client(args, credential, client_kwargs)
     name = args.name or MODEL_NAME
     if args.job:

@@ -147,6 +147,7 @@ class FakeWorkspace(HttpTransport):
         self.runs: dict[str, dict[str, Any]] = {}
         self.children: dict[str, list[str]] = {}
         self.failures: list[_Failure] = []
+        self.interrupts: list[tuple[str, re.Pattern[str]]] = []
         self.job_outcome: tuple[str, dict[str, Any] | None] = ("Completed", None)
         self.arm[self.ws] = {
             "location": REGION,
@@ -186,6 +187,10 @@ class FakeWorkspace(HttpTransport):
     def fail(self, method: str, path_pattern: str, status: int, code: str, message: str) -> None:
         """Answer requests whose method and path match with this service error."""
         self.failures.append(_Failure(method, re.compile(path_pattern), status, code, message))
+
+    def interrupt(self, method: str, path_pattern: str) -> None:
+        """Raise KeyboardInterrupt in the caller on a matching request (Ctrl-C while waiting)."""
+        self.interrupts.append((method, re.compile(path_pattern)))
 
     def calls(self, method: str, path_pattern: str = "") -> list[Recorded]:
         pattern = re.compile(path_pattern)
@@ -228,6 +233,8 @@ class FakeWorkspace(HttpTransport):
             request.method, request.url, url.netloc, url.path, parse_qs(url.query), body
         )
         self.requests.append(recorded)
+        if any(m == request.method and p.search(url.path) for m, p in self.interrupts):
+            raise KeyboardInterrupt
         for failure in self.failures:
             if failure.method == request.method and failure.pattern.search(url.path):
                 error = {"error": {"code": failure.code, "message": failure.message}}

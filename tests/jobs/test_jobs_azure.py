@@ -219,6 +219,19 @@ def test_a_job_larger_than_the_cluster_is_refused_before_anything_is_sent(
     assert fake.requests == []
 
 
+def test_without_a_stack_the_error_also_offers_the_flags(
+    fake: FakeWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no pulumi
+    for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(UserError) as error:
+        cli(fake, "submit", str(JOBS_DIR / "single.yml"), flags=False)
+    assert "Pulumi CLI is not installed" in str(error.value)
+    assert "--subscription, --resource-group, --workspace and --compute" in str(error.value)
+    assert fake.requests == []
+
+
 def test_part_of_a_workspace_on_the_command_line_is_a_user_error(fake: FakeWorkspace) -> None:
     args = build_parser().parse_args(
         ["submit", str(JOBS_DIR / "single.yml"), "--workspace", "w", "--subscription", "s"]
@@ -279,6 +292,14 @@ def test_a_failed_job_reports_the_services_message(fake: FakeWorkspace) -> None:
     fake.job_outcome = ("Failed", {"code": "UserError", "message": "Execution failed: exit 2"})
     with pytest.raises(UserError, match=r"failed: Execution failed: exit 2 \(studio: "):
         submit(fake, "single.yml")
+
+
+def test_ctrl_c_while_following_leaves_the_job_running(fake: FakeWorkspace) -> None:
+    mirror_data(fake)
+    fake.interrupt("GET", r"/runs/[^/]+_step/details$")
+    with pytest.raises(UserError, match=r"^stopped following job \S+; it keeps running"):
+        submit(fake, "single.yml")
+    assert not fake.calls("POST", r"/cancel")
 
 
 class SignedOut:
