@@ -11,7 +11,7 @@ The environment lives in ``$HOROVOD_VENV`` (default ``~/.cache/tf-mnist-azureml/
 outside the work tree, so every clone on a machine, CI's included, shares one build). It is
 rebuilt only when its fingerprint changes: the SHA-256 of ``requirements.txt``, the Horovod
 build flags below and the Python minor version, stored in the venv once a build has passed
-its smoke test. A build takes about 7 minutes on 2 cores; concurrent callers wait on a lock
+its smoke test. A build takes 5-7 minutes on 2 cores; concurrent callers wait on a lock
 instead of building twice. Installation runs in two steps because Horovod's build imports
 TensorFlow: first every pin but Horovod, then Horovod with ``--no-build-isolation``.
 
@@ -181,7 +181,7 @@ def build(location: Path, python: str, python_info: dict[str, str], say: Callabl
     base, horovod = requirement_lines()
     say(
         f"Building the Horovod environment in {location} (Python {python_info['version']}, "
-        f"{horovod[0]}): about 7 minutes on 2 cores. Log: {log}"
+        f"{horovod[0]}): about 5-7 minutes on 2 cores. Log: {log}"
     )
     began = time.monotonic()
     # Console scripts (horovodrun) point at this path: a venv cannot be moved after, so it
