@@ -13,7 +13,7 @@ export MNIST_DATA_DIR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo train test test-fast lint format bench test-infra preflight \
-	horovod-env train-horovod serve test-serving bench-serving
+	horovod-env train-horovod serve test-serving bench-serving test-jobs
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -52,6 +52,9 @@ serve: $(STAMP) ## Serve ./outputs/model with serving/score.py under azmlinfsrv 
 
 test-serving: $(STAMP) ## Run the serving tests (real model, real azmlinfsrv, deploy through the SDK)
 	$(PY) -m pytest tests/serving
+
+test-jobs: $(STAMP) ## Run the job tests (specs, one-epoch local runs of them, Azure commands offline)
+	$(PY) -m pytest tests/jobs
 
 horovod-env: ## Build (or reuse) the pinned Horovod virtualenv: TF 2.13 + horovod 0.28.1, Gloo
 	$(PYTHON) training/environments/horovod/build_env.py
