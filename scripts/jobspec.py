@@ -141,7 +141,23 @@ def load_spec(
         _override(base, step_name, key, value, cwd or Path.cwd()) for key, value in sets
     )
     job = _load_job(path, overrides) if overrides else base
+    _apply_step_environment(job, step_name)
     return Spec(path.resolve(), job, step_name, overrides)
+
+
+def _apply_step_environment(job: Any, step_name: str | None) -> None:
+    """Make a step's ``environment`` the one its component runs in.
+
+    azure-ai-ml loads a pipeline step's ``environment`` but does not send it (the REST body
+    of a step has no environment: the component's wins), so the Horovod step would run in the
+    component's TensorFlow 2.21 image. Setting it on the step's own copy of the component
+    makes the SDK register an anonymous component with that environment.
+    """
+    step = job.jobs[step_name] if step_name else None
+    component = getattr(step, "component", None)
+    environment = getattr(step, "environment", None)
+    if environment and component is not None and not isinstance(component, str):
+        component.environment = environment
 
 
 def _single_step(job: Any, path: Path) -> str | None:
@@ -233,8 +249,12 @@ def asset_refs(spec: Spec) -> list[AssetRef]:
     """Environments and data assets the spec refers to by name (what must exist to submit)."""
     refs: list[AssetRef | None] = []
     step, component = spec.step, spec.component
-    environment = getattr(step, "environment", None) or getattr(component, "environment", None)
-    refs.append(parse_asset_ref("environment", _as_text(environment)))
+    # both: azure-ai-ml resolves the component's environment even when the step overrides it
+    for environment in (
+        getattr(step, "environment", None),
+        getattr(component, "environment", None),
+    ):
+        refs.append(parse_asset_ref("environment", _as_text(environment)))
     for source in (getattr(spec.job, "inputs", {}) or {}, step.inputs or {}):
         for value in source.values():
             data = getattr(value, "_data", value)

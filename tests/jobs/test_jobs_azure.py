@@ -145,6 +145,25 @@ def test_submit_follows_the_step_and_waits_for_the_job(fake: FakeWorkspace, caps
     assert name == "mnist-dnn-single-node"
 
 
+def test_the_horovod_step_runs_in_the_horovod_environment(fake: FakeWorkspace) -> None:
+    """azure-ai-ml drops a step's own `environment` from the REST body; submit must carry it
+    into the component, or the step would run in TensorFlow 2.21 without Horovod."""
+    mirror_data(fake)
+    submit(fake, "horovod.yml", "--no-wait")
+    (environment,) = fake.calls("PUT", "/environments/")
+    assert environment.path.endswith("/environments/tf-mnist-horovod/versions/1")
+    build = environment.json["properties"]["build"]
+    assert build["dockerfilePath"] == "Dockerfile"
+    dockerfile = [r for r in fake.calls("PUT") if r.path.endswith("/horovod/Dockerfile")]
+    assert dockerfile, "the Docker build context is uploaded"
+    (component,) = fake.calls("PUT", "/components/")
+    spec = component.json["properties"]["componentSpec"]
+    assert spec["environment"] == f"azureml:{fake.ws}/environments/tf-mnist-horovod/versions/1"
+    step = job_body(fake)["jobs"]["train"]
+    assert step["distribution"] == {"distribution_type": "Mpi", "process_count_per_instance": 1}
+    assert step["resources"] == {"instance_count": 2}
+
+
 def test_the_sweep_is_submitted_with_its_objective_and_early_termination(
     fake: FakeWorkspace,
 ) -> None:
