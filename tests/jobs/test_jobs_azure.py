@@ -126,6 +126,7 @@ def test_a_registered_environment_is_reused_not_rebuilt(fake: FakeWorkspace) -> 
     step = job_body(fake)["jobs"]["train"]
     assert step["distribution"]["worker_count"] == 3
     assert step["distribution"]["parameter_server_count"] == 1
+    assert step["environment_variables"] == {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}
 
 
 def test_submit_registers_the_data_asset_when_the_workspace_lacks_it(fake: FakeWorkspace) -> None:

@@ -82,6 +82,7 @@ def test_the_parameter_server_spec_starts_azure_mls_tasks() -> None:
     assert set(cluster) == {"worker", "ps"} and len(cluster["worker"]) == 3  # no chief
     assert all(config["cluster"] == cluster for config in configs)
     assert all(task.command == ["bash", "-c", "python -m training.train"] for task in tasks)
+    assert plan.environment_variables == {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}
 
 
 def test_a_run_never_writes_over_an_earlier_one(tmp_path: Path) -> None:
