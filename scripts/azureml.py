@@ -151,6 +151,12 @@ def explain(exc: BaseException, target: Target | None = None) -> str | None:
             "learning) or check with `python -m scripts preflight`; or lower gpuMaxNodes, or set "
             "gpuPriority to LowPriority, which draws on a separate quota"
         )
+    if "does not exist in workspace" in lowered:
+        return (
+            f"{_first_line(text).rstrip('.')}: fix the name in the spec, or register it first "
+            "(`python -m scripts register-data` for MNIST; `submit` registers the environments "
+            "of training/environments/ by itself)"
+        )
     status = getattr(exc, "status_code", None)
     if (
         isinstance(exc, HttpResponseError) and status in (401, 403)
@@ -186,7 +192,16 @@ def _error_text(exc: BaseException) -> str:
     return " ".join(part for part in parts if part)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(text: str) -> str:
+    """The message in an error's text: a JSON body's, azure-ai-ml's "(x) ..." details, or
+    the first meaningful line."""
+    text = _ANSI.sub("", text)
+    details = re.findall(r"^\(x\) (.+)$", text, re.MULTILINE)
+    if details:
+        return "; ".join(line.strip() for line in details)[:300]
     try:  # a JSON error body (what a failed job's stream raises)
         data = json.loads(text[text.index("{") :])
         found = _find_message(data)

@@ -322,6 +322,17 @@ def test_ctrl_c_while_following_leaves_the_job_running(fake: FakeWorkspace) -> N
     assert not fake.calls("POST", r"/cancel")
 
 
+def test_an_asset_the_workspace_lacks_is_named_in_plain_text(fake: FakeWorkspace) -> None:
+    """azure-ai-ml's own errors come formatted for a terminal; the message is the sentence."""
+    with pytest.raises(UserError) as error:
+        submit(fake, "single.yml", "--no-wait", "--set", "inputs.mnist=azureml:digits@latest")
+    assert str(error.value).startswith(
+        "Asset digits does not exist in workspace mlw-mnist-dev: fix the name in the spec, or "
+        "register it first"
+    )
+    assert not fake.calls("PUT", "/jobs/")
+
+
 class SignedOut:
     def get_token(self, *scopes: str, **kwargs: Any) -> Any:
         raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
