@@ -178,10 +178,25 @@ def explain(exc: BaseException, target: Target | None = None) -> str | None:
 
 
 def _is_workspace(exc: Any, target: Target) -> bool:
-    """Whether a 404 is about the workspace itself rather than something in it."""
+    """Whether a 404 is about the workspace itself rather than something in it.
+
+    ARM says so for any path below a missing workspace: "The Resource
+    'Microsoft.MachineLearningServices/workspaces/NAME' under resource group ... was not found".
+    """
     request = getattr(getattr(exc, "response", None), "request", None)
     path = str(getattr(request, "url", "")).split("?")[0].rstrip("/")
-    return path.lower().endswith(f"/workspaces/{target.workspace_name}".lower())
+    if path.lower().endswith(f"/workspaces/{target.workspace_name}".lower()):
+        return True
+    pattern = rf"workspaces/{re.escape(target.workspace_name)}'\s+under resource group"
+    return re.search(pattern, _error_text(exc), re.IGNORECASE) is not None
+
+
+def user_error(exc: BaseException, target: Target | None = None) -> UserError:
+    """An Azure or azure-ai-ml error as the ``UserError`` a user reads: explained when it is
+    one users hit, else the service's own message in one line."""
+    return translate(exc, target) or UserError(
+        f"Azure ML refused the request: {_first_line(_error_text(exc))}"
+    )
 
 
 def _error_text(exc: BaseException) -> str:
@@ -278,7 +293,9 @@ def check_compute(ml_client: Any, target: Target) -> None:
         )
     try:
         ml_client.compute.get(target.compute)
-    except ResourceNotFoundError:
+    except ResourceNotFoundError as exc:
+        if _is_workspace(exc, target):
+            raise user_error(exc, target) from None
         raise UserError(
             f"compute cluster {target.compute!r} does not exist in workspace "
             f"{target.workspace_name}: `pulumi up` creates the stack's clusters, or pass "

@@ -158,14 +158,12 @@ def _azure(target: Any, call: Any) -> Any:
     from azure.ai.ml.exceptions import MlException
     from azure.core.exceptions import AzureError
 
-    from scripts.azureml import _error_text, _first_line, translate
+    from scripts.azureml import user_error
 
     try:
         return call()
     except (AzureError, MlException) as exc:
-        raise translate(exc, target) or UserError(
-            f"Azure ML refused the request: {_first_line(_error_text(exc))}"
-        ) from None
+        raise user_error(exc, target) from None
 
 
 def cmd_submit(args: argparse.Namespace, *, credential: Any = None, **client_kwargs: Any) -> int:

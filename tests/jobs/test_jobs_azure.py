@@ -271,6 +271,21 @@ def test_a_missing_cluster_says_how_to_get_one(fake: FakeWorkspace) -> None:
     assert not fake.calls("PUT")
 
 
+def test_a_missing_workspace_says_so_not_that_the_cluster_is_missing(
+    fake: FakeWorkspace,
+) -> None:
+    fake.fail(
+        "GET",
+        r"/computes/",
+        404,
+        "ResourceNotFound",
+        "The Resource 'Microsoft.MachineLearningServices/workspaces/mlw-mnist-dev' under "
+        "resource group 'rg-mnist-dev' was not found.",
+    )
+    with pytest.raises(UserError, match=r"^workspace mlw-mnist-dev was not found in resource"):
+        submit(fake, "single.yml")
+
+
 def test_quota_exceeded_reads_as_one_sentence_with_the_fix(fake: FakeWorkspace) -> None:
     mirror_data(fake)
     fake.fail(
