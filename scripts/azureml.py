@@ -36,17 +36,26 @@ class Target:
     source: str  # how it was found, for messages
 
 
+_WORKSPACE_FLAGS = {  # flag: (environment variable that is its default, help)
+    "--subscription": ("AZURE_SUBSCRIPTION_ID", "Azure subscription ID"),
+    "--resource-group": ("AZURE_RESOURCE_GROUP", "resource group of the workspace"),
+    "--workspace": ("AZUREML_WORKSPACE_NAME", "Azure ML workspace name"),
+}
+
+
 def add_workspace_arguments(parser: argparse.ArgumentParser, *, compute: bool = True) -> None:
+    """The flags that name the workspace (and with ``compute``, the cluster jobs run on)."""
+    what = "workspace and GPU cluster" if compute else "workspace"
     group = parser.add_argument_group(
         "workspace",
-        "By default the Pulumi stack's outputs name the workspace and GPU cluster; "
-        "the flags (or AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP, AZUREML_WORKSPACE_NAME) "
-        "name another workspace.",
+        f"By default the Pulumi stack's outputs name the {what}; all three of --subscription, "
+        "--resource-group and --workspace name another workspace.",
     )
     group.add_argument("--stack", help="Pulumi stack to read (default: the selected stack)")
-    group.add_argument("--subscription", default=os.environ.get("AZURE_SUBSCRIPTION_ID"))
-    group.add_argument("--resource-group", default=os.environ.get("AZURE_RESOURCE_GROUP"))
-    group.add_argument("--workspace", default=os.environ.get("AZUREML_WORKSPACE_NAME"))
+    for flag, (variable, meaning) in _WORKSPACE_FLAGS.items():
+        group.add_argument(
+            flag, default=os.environ.get(variable), help=f"{meaning} (default: ${variable})"
+        )
     if compute:
         group.add_argument(
             "--compute", help="compute cluster for the job (default: the stack's GPU cluster)"
@@ -54,23 +63,26 @@ def add_workspace_arguments(parser: argparse.ArgumentParser, *, compute: bool = 
 
 
 def resolve_target(args: argparse.Namespace) -> Target:
-    """The workspace from the flags when all three are given, else from the stack outputs."""
-    flags = {
-        "--subscription": args.subscription,
-        "--resource-group": args.resource_group,
-        "--workspace": args.workspace,
-    }
+    """The workspace from the flags when all three are given, else from the stack outputs.
+
+    ``args`` comes from a parser with ``add_workspace_arguments``; without ``--compute`` there
+    (``compute=False``) the target names no cluster.
+    """
+    flags = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in _WORKSPACE_FLAGS}
     given = [flag for flag, value in flags.items() if value]
+    wants_compute = hasattr(args, "compute")
     compute = getattr(args, "compute", None)
     if len(given) == len(flags):
         return Target(
             args.subscription, args.resource_group, args.workspace, compute, None, "the flags"
         )
     if given:
-        missing = " ".join(f"{flag} ..." for flag, value in flags.items() if not value)
+        absent = [flag for flag, value in flags.items() if not value]
         raise UserError(
-            f"{', '.join(given)} names part of a workspace: also pass {missing}, "
-            "or pass none of them to use the Pulumi stack's workspace"
+            f"Which workspace? Pass {' '.join(f'{flag} ...' for flag in absent)} too, or none of "
+            f"the three to use the Pulumi stack's workspace ({', '.join(given)} alone names only "
+            f"part of one: also pass {' and '.join(absent)}, or set "
+            f"{' and '.join(_WORKSPACE_FLAGS[flag][0] for flag in absent)})"
         )
     from scripts.infra import read_stack_outputs
 
@@ -79,15 +91,15 @@ def resolve_target(args: argparse.Namespace) -> Target:
     except UserError as exc:
         raise UserError(
             f"{exc}\n(or name a workspace made another way: --subscription, --resource-group, "
-            "--workspace" + (" and --compute)" if hasattr(args, "compute") else ")")
+            "--workspace" + (" and --compute)" if wants_compute else ")")
         ) from None
     stack = f"stack {args.stack}" if args.stack else "the selected stack"
-    on_gpu = compute in (None, outputs.gpu_cluster)
+    on_gpu = wants_compute and compute in (None, outputs.gpu_cluster)
     return Target(
         outputs.subscription_id,
         outputs.resource_group,
         outputs.workspace_name,
-        compute or outputs.gpu_cluster,
+        (compute or outputs.gpu_cluster) if wants_compute else None,
         outputs.gpu_max_nodes if on_gpu else None,
         stack,
     )
@@ -115,6 +127,27 @@ def make_client(target: Target, *, credential: Any = None, **client_kwargs: Any)
         target.workspace_name,
         **client_kwargs,
     )
+
+
+def connect(
+    args: argparse.Namespace, *, credential: Any = None, **client_kwargs: Any
+) -> tuple[Target, Any]:
+    """The workspace the command's arguments name (``resolve_target``) and an ``MLClient`` for
+    it (``make_client``; ``credential`` and ``client_kwargs`` are for tests)."""
+    target = resolve_target(args)
+    return target, make_client(target, credential=credential, **client_kwargs)
+
+
+@contextlib.contextmanager
+def azure_errors(target: Target | None = None) -> Iterator[None]:
+    """Azure and azure-ai-ml errors raised inside become the one-sentence ``UserError``."""
+    from azure.ai.ml.exceptions import MlException
+    from azure.core.exceptions import AzureError
+
+    try:
+        yield
+    except (AzureError, MlException) as exc:
+        raise user_error(exc, target) from None
 
 
 # ---------------------------------------------------------------------------- errors
@@ -158,11 +191,11 @@ def explain(exc: BaseException, target: Target | None = None) -> str | None:
             "of training/environments/ by itself)"
         )
     status = getattr(exc, "status_code", None)
-    if (
-        isinstance(exc, HttpResponseError) and status in (401, 403)
-    ) or "authorizationfailed" in lowered:
+    refused = isinstance(exc, HttpResponseError) and status in (401, 403)
+    if refused or "authorizationfailed" in lowered:
         return (
-            f"the signed-in identity may not use {workspace} ({_first_line(text)}): ask an owner "
+            f"{_refused(exc) + ': ' if refused else ''}the signed-in identity may not use "
+            f"{workspace} ({_first_line(text)}): ask an owner "
             "for the AzureML Data Scientist role (Pulumi config dataScientistUsers or "
             "dataScientistGroups) or sign in as someone who has it (`az login`)"
         )
@@ -194,9 +227,12 @@ def _is_workspace(exc: Any, target: Target) -> bool:
 def user_error(exc: BaseException, target: Target | None = None) -> UserError:
     """An Azure or azure-ai-ml error as the ``UserError`` a user reads: explained when it is
     one users hit, else the service's own message in one line."""
-    return translate(exc, target) or UserError(
-        f"Azure ML refused the request: {_first_line(_error_text(exc))}"
-    )
+    return translate(exc, target) or UserError(f"{_refused(exc)}: {_first_line(_error_text(exc))}")
+
+
+def _refused(exc: BaseException) -> str:
+    status = getattr(exc, "status_code", None)
+    return f"Azure ML refused the request{f' (HTTP {status})' if status else ''}"
 
 
 def _error_text(exc: BaseException) -> str:

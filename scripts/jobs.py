@@ -23,6 +23,8 @@ DEFAULT_OUTPUTS = Path("outputs")
 
 
 def register(subparsers: Any) -> None:
+    from scripts.azureml import add_workspace_arguments
+
     run = subparsers.add_parser(
         "run",
         help="run a job spec (training/jobs/*.yml) on this machine, as Azure ML would",
@@ -52,7 +54,7 @@ def register(subparsers: Any) -> None:
         "--dry-run", action="store_true", help="print the job as it would be submitted, and stop"
     )
     submit.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
-    _workspace(submit)
+    add_workspace_arguments(submit)
     submit.set_defaults(func=cmd_submit)
 
     model = subparsers.add_parser(
@@ -73,7 +75,7 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_OUTPUTS,
         help="where --job's output is downloaded first (default %(default)s/<job>)",
     )
-    _workspace(model, compute=False)
+    add_workspace_arguments(model, compute=False)
     model.set_defaults(func=cmd_register)
 
     download = subparsers.add_parser(
@@ -84,7 +86,7 @@ def register(subparsers: Any) -> None:
     download.add_argument("--job", required=True, help="name of a finished Azure ML job")
     download.add_argument("--output", default="run", help="default %(default)s")
     download.add_argument("--to", type=Path, default=DEFAULT_OUTPUTS, help="default %(default)s")
-    _workspace(download, compute=False)
+    add_workspace_arguments(download, compute=False)
     download.set_defaults(func=cmd_download)
 
     data = subparsers.add_parser(
@@ -95,7 +97,7 @@ def register(subparsers: Any) -> None:
         "--from-folder upload a verified local copy as the next version.",
     )
     data.add_argument("--from-folder", type=Path, help="a folder with the four MNIST .gz files")
-    _workspace(data, compute=False)
+    add_workspace_arguments(data, compute=False)
     data.set_defaults(func=cmd_register_data)
 
 
@@ -111,12 +113,6 @@ def _spec_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override the spec, e.g. inputs.epochs=2 or inputs.mnist=DIR (repeatable)",
     )
-
-
-def _workspace(parser: argparse.ArgumentParser, *, compute: bool = True) -> None:
-    from scripts.azureml import add_workspace_arguments
-
-    add_workspace_arguments(parser, compute=compute)
 
 
 # ---------------------------------------------------------------------------- run
@@ -144,31 +140,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- Azure
 
 
-def _client(
-    args: argparse.Namespace, credential: Any, client_kwargs: dict[str, Any]
-) -> tuple[Any, Any]:
-    from scripts.azureml import make_client, resolve_target
-
-    target = resolve_target(args)
-    return target, make_client(target, credential=credential, **client_kwargs)
-
-
-def _azure(target: Any, call: Any) -> Any:
-    """Run ``call()``; Azure and azure-ai-ml errors come back as one-sentence ``UserError``s."""
-    from azure.ai.ml.exceptions import MlException
-    from azure.core.exceptions import AzureError
-
-    from scripts.azureml import user_error
-
-    try:
-        return call()
-    except (AzureError, MlException) as exc:
-        raise user_error(exc, target) from None
-
-
 def cmd_submit(args: argparse.Namespace, *, credential: Any = None, **client_kwargs: Any) -> int:
     """``credential`` and ``client_kwargs`` (``transport=``) are for tests."""
-    from scripts.azureml import prepare_job, resolve_target, submit_job
+    from scripts.azureml import azure_errors, connect, prepare_job, resolve_target, submit_job
     from scripts.jobspec import dump_job, load_spec, parse_sets
 
     spec = load_spec(args.spec, parse_sets(args.sets))
@@ -180,11 +154,9 @@ def cmd_submit(args: argparse.Namespace, *, credential: Any = None, **client_kwa
             target = None
         print(dump_job(prepare_job(spec, target)), end="")
         return 0
-    target, ml_client = _client(args, credential, client_kwargs)
-    job = _azure(
-        target,
-        lambda: submit_job(ml_client, spec, target, wait=not args.no_wait, sink=sys.stdout),
-    )
+    target, ml_client = connect(args, credential=credential, **client_kwargs)
+    with azure_errors(target):
+        job = submit_job(ml_client, spec, target, wait=not args.no_wait, sink=sys.stdout)
     if args.no_wait:
         return 0
     status = str(getattr(job.status, "value", job.status))
@@ -193,54 +165,54 @@ def cmd_submit(args: argparse.Namespace, *, credential: Any = None, **client_kwa
 
 
 def cmd_register(args: argparse.Namespace, *, credential: Any = None, **client_kwargs: Any) -> int:
-    from scripts.azureml import MODEL_NAME, download_output, model_tags, register_model
+    from scripts.azureml import (
+        MODEL_NAME,
+        azure_errors,
+        connect,
+        download_output,
+        model_tags,
+        register_model,
+    )
 
     if args.model_dir is not None:
         model_tags(args.model_dir)  # a folder that is no model fails before any sign-in
-    target, ml_client = _client(args, credential, client_kwargs)
+    target, ml_client = connect(args, credential=credential, **client_kwargs)
     name = args.name or MODEL_NAME
-    if args.job:
-
-        def call() -> Any:
+    with azure_errors(target):
+        model_dir = args.model_dir
+        if args.job:
             folder = download_output(
                 ml_client, args.job, args.to / args.job, output=args.output, sink=sys.stdout
             )
-            return register_model(
-                ml_client,
-                model_dir=folder / "model",
-                job_name=args.job,
-                output=args.output,
-                name=name,
-                sink=sys.stdout,
-            )
-
-        _azure(target, call)
-    else:
-        _azure(
-            target,
-            lambda: register_model(ml_client, model_dir=args.model_dir, name=name, sink=sys.stdout),
+            model_dir = folder / "model"
+        register_model(
+            ml_client,
+            model_dir=model_dir,
+            job_name=args.job,
+            output=args.output,
+            name=name,
+            sink=sys.stdout,
         )
     return 0
 
 
 def cmd_download(args: argparse.Namespace, *, credential: Any = None, **client_kwargs: Any) -> int:
-    from scripts.azureml import download_output
+    from scripts.azureml import azure_errors, connect, download_output
 
-    target, ml_client = _client(args, credential, client_kwargs)
-    _azure(
-        target,
-        lambda: download_output(
+    target, ml_client = connect(args, credential=credential, **client_kwargs)
+    with azure_errors(target):
+        download_output(
             ml_client, args.job, args.to / args.job, output=args.output, sink=sys.stdout
-        ),
-    )
+        )
     return 0
 
 
 def cmd_register_data(
     args: argparse.Namespace, *, credential: Any = None, **client_kwargs: Any
 ) -> int:
-    from scripts.azureml import register_data
+    from scripts.azureml import azure_errors, connect, register_data
 
-    target, ml_client = _client(args, credential, client_kwargs)
-    _azure(target, lambda: register_data(ml_client, folder=args.from_folder, sink=sys.stdout))
+    target, ml_client = connect(args, credential=credential, **client_kwargs)
+    with azure_errors(target):
+        register_data(ml_client, folder=args.from_folder, sink=sys.stdout)
     return 0

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scripts import UserError
+from scripts import UserError, azureml
 
 DEFAULT_PORT = 5001
 DEFAULT_MODEL_DIR = "outputs"
@@ -79,7 +79,7 @@ def register(subparsers: Any) -> None:
     deploy.add_argument(
         "--dry-run", action="store_true", help="print the deployment it would create and stop"
     )
-    _workspace_arguments(deploy)
+    azureml.add_workspace_arguments(deploy, compute=False)
     deploy.set_defaults(func=cmd_deploy)
 
     invoke = subparsers.add_parser(
@@ -99,65 +99,8 @@ def register(subparsers: Any) -> None:
     invoke.add_argument(
         "--no-code", action="store_true", help="MLflow request format (the no-code deployment)"
     )
-    _workspace_arguments(invoke)
+    azureml.add_workspace_arguments(invoke, compute=False)
     invoke.set_defaults(func=cmd_invoke)
-
-
-def _workspace_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "workspace",
-        "where the endpoint lives: the Pulumi stack's outputs by default, or all three flags",
-    )
-    group.add_argument("--stack", help="Pulumi stack to read (default: the selected stack)")
-    group.add_argument("--subscription", help="Azure subscription ID")
-    group.add_argument("--resource-group", help="resource group of the workspace")
-    group.add_argument("--workspace", help="Azure ML workspace name")
-
-
-def workspace_of(args: argparse.Namespace) -> tuple[str, str, str]:
-    """(subscription, resource group, workspace): from the flags, else the stack's outputs."""
-    flags = {
-        "--subscription": args.subscription,
-        "--resource-group": args.resource_group,
-        "--workspace": args.workspace,
-    }
-    given = [flag for flag, value in flags.items() if value]
-    if given and len(given) < len(flags):
-        missing = " ".join(f"{flag} ..." for flag, value in flags.items() if not value)
-        raise UserError(
-            f"Which workspace? Pass {missing} too, or none of the three to use the Pulumi "
-            "stack's workspace."
-        )
-    if given:
-        return args.subscription, args.resource_group, args.workspace
-    from scripts.infra import read_stack_outputs
-
-    outputs = read_stack_outputs(args.stack)
-    return outputs.subscription_id, outputs.resource_group, outputs.workspace_name
-
-
-def make_ml_client(args: argparse.Namespace) -> Any:
-    """An MLClient for the workspace, signed in as the user (az login or the environment)."""
-    subscription, resource_group, workspace = workspace_of(args)
-    from azure.ai.ml import MLClient
-    from azure.identity import DefaultAzureCredential
-
-    return MLClient(DefaultAzureCredential(), subscription, resource_group, workspace)
-
-
-def _azure_errors(exc: Exception) -> UserError:
-    """One clear sentence for the errors users hit talking to Azure."""
-    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
-
-    if isinstance(exc, ClientAuthenticationError):
-        return UserError(
-            f"Not signed in to Azure ({str(exc).splitlines()[0]}). Run `az login` (and "
-            "`az account set --subscription ...`), then retry."
-        )
-    if isinstance(exc, HttpResponseError):
-        message = " ".join(str(getattr(exc, "message", exc)).split())
-        return UserError(f"Azure ML refused the request (HTTP {exc.status_code}): {message}")
-    return UserError(str(exc))
 
 
 # --------------------------------------------------------------------------- serve
@@ -220,23 +163,20 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"problem: {problem}", file=sys.stderr)
         return 1 if problems else 0
-    ml_client = make_ml_client(args)
+    target, ml_client = azureml.connect(args)
     try:
-        report = rollout.rollout(
-            ml_client,
-            endpoint_name=args.endpoint,
-            model=args.model,
-            no_code=args.no_code,
-            steps=args.steps,
-            step_wait_s=args.step_wait,
-            delete_old=args.delete_old,
-        )
+        with azureml.azure_errors(target):
+            report = rollout.rollout(
+                ml_client,
+                endpoint_name=args.endpoint,
+                model=args.model,
+                no_code=args.no_code,
+                steps=args.steps,
+                step_wait_s=args.step_wait,
+                delete_old=args.delete_old,
+            )
     except (rollout.RolloutError, specs.SpecError) as exc:
         raise UserError(str(exc)) from None
-    except Exception as exc:
-        if type(exc).__module__.startswith("azure."):
-            raise _azure_errors(exc) from None
-        raise
     previous = f"; {report.previous} kept at 0%" if report.previous else ""
     if report.previous and args.delete_old:
         previous = f"; {report.previous} deleted"
@@ -258,8 +198,10 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     except client.ClientError as exc:
         raise UserError(str(exc)) from None
     max_batch = int(specs.server_settings().get("SCORING_MAX_BATCH", DEFAULT_MAX_BATCH))
+    target = None
     if args.endpoint:
-        post = client.remote_poster(make_ml_client(args), args.endpoint, args.deployment)
+        target, ml_client = azureml.connect(args)
+        post = client.remote_poster(ml_client, args.endpoint, args.deployment)
     else:
         url = args.url
 
@@ -267,12 +209,9 @@ def cmd_invoke(args: argparse.Namespace) -> int:
             return client.post_local(url, body)
 
     try:
-        probabilities = client.score(images, post, max_batch=max_batch, no_code=args.no_code)
+        with azureml.azure_errors(target):
+            probabilities = client.score(images, post, max_batch=max_batch, no_code=args.no_code)
     except client.ClientError as exc:
         raise UserError(str(exc)) from None
-    except Exception as exc:
-        if type(exc).__module__.startswith("azure."):
-            raise _azure_errors(exc) from None
-        raise
     print(client.summary(probabilities, images.labels))
     return 0

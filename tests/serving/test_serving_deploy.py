@@ -266,10 +266,11 @@ def test_no_code_deploys_the_mlflow_model_without_script_or_environment(fake, ml
 def cli(monkeypatch, ml_client):
     """``python -m scripts`` with the serving commands, using the offline workspace."""
     import scripts.__main__ as entry
-    import scripts.serving
+    import scripts.azureml
 
+    target = scripts.azureml.Target(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE, None, None, "test")
     monkeypatch.setattr(entry, "COMMAND_MODULES", ("scripts.serving",))
-    monkeypatch.setattr(scripts.serving, "make_ml_client", lambda args: ml_client)
+    monkeypatch.setattr(scripts.azureml, "connect", lambda args: (target, ml_client))
     return entry.main
 
 
@@ -304,8 +305,8 @@ def test_deploy_command_needs_all_three_workspace_flags(monkeypatch, capsys):
 def test_the_workspace_comes_from_the_pulumi_stack_by_default(monkeypatch):
     import argparse
 
+    import scripts.azureml
     import scripts.infra
-    import scripts.serving
     from infra.outputs import OUTPUT_KEYS, parse_stack_outputs
 
     values = {key: f"value-{key}" for key in OUTPUT_KEYS.values()}
@@ -318,7 +319,8 @@ def test_the_workspace_comes_from_the_pulumi_stack_by_default(monkeypatch):
 
     monkeypatch.setattr(scripts.infra, "read_stack_outputs", read)
     args = argparse.Namespace(stack="prod", subscription=None, resource_group=None, workspace=None)
-    assert scripts.serving.workspace_of(args) == (
+    target = scripts.azureml.resolve_target(args)
+    assert (target.subscription_id, target.resource_group, target.workspace_name) == (
         SUBSCRIPTION,
         "value-resourceGroupName",
         "value-workspaceName",
