@@ -4,8 +4,9 @@ The command is the component's, with ``${{inputs.*}}`` and ``${{outputs.*}}`` fi
 output is a fresh folder under ``OUTPUTS/<job name>/``), run with ``bash -c`` from the spec's
 ``code`` folder, with the variables Azure ML sets and the spec's ``environment_variables``.
 ``distribution`` picks the processes: one for a plain command, one per worker and parameter
-server with its ``TF_CONFIG`` for ``type: tensorflow`` (``scripts/launch.py``). If any process
-fails the others are stopped and its exit status is the run's.
+server with its ``TF_CONFIG`` for ``type: tensorflow``, and ``horovodrun --gloo`` over the
+ranks for ``type: mpi`` with the Horovod virtualenv's ``python`` (``scripts/launch.py``). If
+any process fails the others are stopped and its exit status is the run's.
 
 The local Python environment stands in for the spec's ``environment``: ``python`` in the
 command is the interpreter running this module.
@@ -24,7 +25,7 @@ from typing import Any, TextIO
 
 from scripts import UserError
 from scripts.jobspec import LocalPlan, render_command
-from scripts.launch import Task, run_tasks, tensorflow_tasks
+from scripts.launch import Task, horovod_tasks, run_tasks, tensorflow_tasks
 
 # distribution type -> function(plan, argv) -> the processes to start
 Launcher = Callable[[LocalPlan, list[str]], list[Task]]
@@ -39,7 +40,20 @@ def _tensorflow(plan: LocalPlan, argv: list[str]) -> list[Task]:
     return tensorflow_tasks(argv, workers, parameter_servers)
 
 
-LAUNCHERS: dict[str, Launcher] = {"tensorflow": _tensorflow}
+def _mpi(plan: LocalPlan, argv: list[str]) -> list[Task]:
+    """Azure ML's mpirun, locally: horovodrun over Gloo with the pinned Horovod environment."""
+    from training.environments.horovod import build_env
+
+    per_node = int(plan.distribution.process_count_per_instance or 1)
+    ranks = int(plan.instance_count or 1) * per_node
+    try:
+        python = build_env.ensure()  # built once (minutes), then reused
+    except build_env.HorovodEnvError as exc:
+        raise UserError(str(exc)) from exc
+    return horovod_tasks(argv, ranks, str(python))
+
+
+LAUNCHERS: dict[str, Launcher] = {"tensorflow": _tensorflow, "mpi": _mpi}
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,21 @@ def test_run_trains_the_spec_locally(
 
 
 @pytest.mark.slow
+def test_run_starts_the_mpi_spec_with_horovodrun_over_gloo(
+    run_python, mnist_dir: Path, tmp_path: Path
+) -> None:
+    # Builds the pinned Horovod environment on first use (minutes), then reuses it.
+    result = run_job(run_python, tmp_path, "horovod")
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert "job job: 1 process(es)" in result.stdout  # horovodrun, which starts the ranks
+    metrics = json.loads((tmp_path / "job" / "run" / "metrics.json").read_text())
+    assert metrics["distribution"] == "horovod" and metrics["workers"] == 2
+    assert metrics["test_accuracy"] > 0.9
+    assert (tmp_path / "job" / "run" / "model" / "data" / "model.keras").is_file()
+
+
+@pytest.mark.slow
 def test_a_failing_process_fails_the_run_with_its_status(run_python, tmp_path: Path) -> None:
     empty = tmp_path / "empty-mount"
     empty.mkdir()
