@@ -1,50 +1,22 @@
-"""Offline Azure for the SDK clients: a static credential and a fake HTTP layer.
+"""Offline ARM for ``preflight``: a routes-to-answers HTTP layer and the payloads it returns.
 
-``FakeArm`` is a ``requests`` adapter mounted on the session of azure-core's real
-``RequestsTransport``, so each SDK call goes through its whole pipeline (URL building,
-bearer-token policy, retries, paging, deserialisation) and only the socket is replaced by
-routes that answer with constructed ARM responses.
+``FakeArm`` is a ``requests`` adapter for ``tests.azure_fakes.requests_transport``, so each SDK
+call goes through azure-core's whole pipeline (URL building, bearer-token policy, retries,
+paging, deserialisation) and only the socket is replaced by routes that answer with
+constructed ARM responses.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import re
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import requests
-import urllib3
-from azure.core.credentials import AccessToken, AccessTokenInfo
-from azure.core.pipeline.transport import RequestsTransport
 from requests.adapters import BaseAdapter
 
+from tests.azure_fakes import Call, error_response, json_response
+
 SUBSCRIPTION = "3f2a6c1e-9b7d-4c2e-8a51-0d6e4b9f7a10"
-TOKEN = "offline-test-token"
-
-
-class StaticCredential:
-    """A TokenCredential that hands out a fixed token (no sign-in, no secrets)."""
-
-    def __init__(self) -> None:
-        self.scopes: list[str] = []
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        self.scopes += scopes
-        return AccessToken(TOKEN, int(time.time()) + 3600)
-
-    def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
-        self.scopes += scopes
-        return AccessTokenInfo(TOKEN, int(time.time()) + 3600)
-
-
-@dataclass
-class Recorded:
-    method: str
-    url: str
-    headers: dict[str, str]
 
 
 class FakeArm(BaseAdapter):
@@ -53,46 +25,18 @@ class FakeArm(BaseAdapter):
     def __init__(self, routes: dict[str, tuple[int, Any]]) -> None:
         super().__init__()
         self.routes = {re.compile(pattern): answer for pattern, answer in routes.items()}
-        self.requests: list[Recorded] = []
+        self.requests: list[Call] = []
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        recorded = Recorded(request.method or "", request.url or "", dict(request.headers))
-        self.requests.append(recorded)
-        path = requests.utils.urlparse(request.url).path
+        call = Call.of(request)
+        self.requests.append(call)
         for pattern, (status, body) in self.routes.items():
-            if pattern.search(path):
-                return self._response(request, status, body)
-        return self._response(
-            request, 404, {"error": {"code": "NotFound", "message": f"no route for {path}"}}
-        )
-
-    @staticmethod
-    def _response(request: requests.PreparedRequest, status: int, body: Any) -> requests.Response:
-        data = json.dumps(body).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "Content-Length": str(len(data)),
-            "x-ms-request-id": "00000000-0000-0000-0000-000000000000",
-        }
-        response = requests.Response()
-        response.status_code = status
-        response.headers.update(headers)
-        response.raw = urllib3.HTTPResponse(
-            body=io.BytesIO(data), headers=headers, status=status, preload_content=False
-        )
-        response.request = request
-        response.url = request.url or ""
-        response.reason = "OK" if status < 400 else "Error"
-        return response
+            if pattern.search(call.path):
+                return json_response(request, status, body)
+        return error_response(request, 404, "NotFound", f"no route for {call.path}")
 
     def close(self) -> None:
         pass
-
-
-def transport_for(fake: FakeArm) -> RequestsTransport:
-    session = requests.Session()
-    session.mount("https://", fake)
-    return RequestsTransport(session=session, session_owner=False)
 
 
 def vm_sku(

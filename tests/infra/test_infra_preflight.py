@@ -10,20 +10,13 @@ from typing import Any
 
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
-from azure_fakes import (
-    SUBSCRIPTION,
-    TOKEN,
-    FakeArm,
-    StaticCredential,
-    ml_usage,
-    transport_for,
-    vm_sku,
-)
+from preflight_fakes import SUBSCRIPTION, FakeArm, ml_usage, vm_sku
 
 import scripts.infra
 from infra.config import load_project, validate_config
 from infra.preflight import PreflightError, make_client, run_preflight
 from scripts import UserError
+from tests.azure_fakes import TOKEN, StaticCredential, requests_transport
 
 SKUS = r"/subscriptions/[^/]+/providers/Microsoft\.Compute/skus$"
 USAGES = r"/providers/Microsoft\.MachineLearningServices/locations/(?P<loc>[a-z0-9]+)/usages$"
@@ -59,7 +52,7 @@ def _usages(t4_limit: int = 24, t4_used: int = 0, total_limit: int = 100) -> dic
 def _run(config: dict[str, Any], routes: dict[str, tuple[int, Any]]):
     fake = FakeArm(routes)
     credential = StaticCredential()
-    client = make_client(credential, SUBSCRIPTION, transport=transport_for(fake))
+    client = make_client(credential, SUBSCRIPTION, transport=requests_transport(fake))
     checks = run_preflight(validate_config(config), client, SUBSCRIPTION)
     return checks, fake, credential
 
@@ -214,7 +207,7 @@ def test_the_command_prints_a_report_and_exits_zero_when_ready(
     fake = FakeArm({SKUS: (200, _skus("westeurope")), USAGES: (200, _usages())})
     args = _parse(["preflight", "--stack", "dev", "--subscription", SUBSCRIPTION])
     # The dev example stack asks for low-priority GPU nodes: 8 vCPUs > 6 in the pool.
-    code = args.func(args, credential=StaticCredential(), transport=transport_for(fake))
+    code = args.func(args, credential=StaticCredential(), transport=requests_transport(fake))
     out = capsys.readouterr().out
     assert code == 1
     assert out.startswith("preflight for stack dev (westeurope, profile standard):")
@@ -232,7 +225,7 @@ def test_the_command_takes_the_subscription_from_the_environment(
     usages["value"].append(ml_usage("vmFamily", a100, 0, 96))
     fake = FakeArm({SKUS: (200, _skus("westeurope")), USAGES: (200, usages)})
     args = _parse(["preflight", "--stack", "prod"])
-    assert args.func(args, credential=StaticCredential(), transport=transport_for(fake)) == 0
+    assert args.func(args, credential=StaticCredential(), transport=requests_transport(fake)) == 0
     out = capsys.readouterr().out
     # prod: 4 A100 nodes x 24 vCPUs = 96 of the family's 96, plus 8 for the CPU cluster.
     assert f"ok    gpu-cluster: {a100}: 96 vCPUs needed at max nodes, 96 free" in out
@@ -262,7 +255,7 @@ def test_the_command_turns_a_missing_login_into_a_user_error() -> None:
     fake = FakeArm({SKUS: (200, _skus("westeurope"))})
     args = _parse(["preflight", "--subscription", SUBSCRIPTION])
     with pytest.raises(UserError, match="run `az login`"):
-        args.func(args, credential=_NoLogin(), transport=transport_for(fake))
+        args.func(args, credential=_NoLogin(), transport=requests_transport(fake))
     assert fake.requests == []  # nothing is sent without a token
 
 

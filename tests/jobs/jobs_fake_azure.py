@@ -15,6 +15,7 @@ constructed JSON (and XML, for Blob listings) the way the services do:
 
 Every request is recorded (method, URL, parsed JSON body), and ``fail()`` makes matching
 requests answer with a service error, so tests assert what the SDK sent and how errors read.
+Clients sign in with ``tests.azure_fakes.EntraIdCredential`` (tokens shaped like Entra ID's).
 """
 
 from __future__ import annotations
@@ -28,36 +29,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 from xml.sax.saxutils import escape
 
-from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest._http_response_impl import HttpResponseImpl
 from azure.core.utils import CaseInsensitiveDict
+
+from tests.azure_fakes import error_body
 
 REGION = "westeurope"
 DATAPLANE = f"{REGION}.api.azureml.ms"
 ACCOUNT = "stmnistfake"
 CONTAINER = "azureml-blobstore-0000"
 _LAST_MODIFIED = "Mon, 01 Jan 2024 00:00:00 GMT"
-
-
-def _b64(data: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
-
-
-class FakeCredential:
-    """A TokenCredential whose tokens look like Entra ID's (an unsigned JWT for the scope)."""
-
-    tenant = "00000000-0000-0000-0000-0000000000aa"
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        claims = {
-            "aud": scopes[0].removesuffix("/.default") if scopes else "",
-            "tid": self.tenant,
-            "oid": "00000000-0000-0000-0000-0000000000bb",
-            "upn": "data.scientist@example.com",
-            "exp": 4_102_444_800,
-        }
-        return AccessToken(f"{_b64({'alg': 'none'})}.{_b64(claims)}.sig", 4_102_444_800)
 
 
 class _Stream:
@@ -237,7 +219,7 @@ class FakeWorkspace(HttpTransport):
             raise KeyboardInterrupt
         for failure in self.failures:
             if failure.method == request.method and failure.pattern.search(url.path):
-                error = {"error": {"code": failure.code, "message": failure.message}}
+                error = error_body(failure.code, failure.message)
                 return FakeResponse(
                     request,
                     failure.status,
@@ -315,7 +297,7 @@ class FakeWorkspace(HttpTransport):
         name = path.rsplit("/", 1)[-1]
         return (
             404,
-            {"error": {"code": "NotFound", "message": f"{name} was not found ({path})"}},
+            error_body("NotFound", f"{name} was not found ({path})"),
             None,
         )
 
@@ -407,7 +389,7 @@ class FakeWorkspace(HttpTransport):
             asset = f"azureml://locations/{REGION}/workspaces/feed/data/azureml_{run_id}_output_data_run/versions/1"
             outputs = {"run": {"assetId": asset, "type": "UriFolder"}}
             return 200, {"runMetadata": {"runId": run_id, "outputs": outputs}}, None
-        return 404, {"error": {"code": "NotFound", "message": f"{path} was not found"}}, None
+        return 404, error_body("NotFound", f"{path} was not found"), None
 
     # ------------------------------------------------------------------ blob storage
 

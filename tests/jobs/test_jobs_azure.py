@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
-from jobs_fake_azure import ACCOUNT, CONTAINER, FakeCredential, FakeWorkspace
+from jobs_fake_azure import ACCOUNT, CONTAINER, FakeWorkspace
 
 from infra.outputs import OUTPUT_KEYS
 from scripts import UserError
 from scripts.__main__ import build_parser
 from scripts.jobspec import JOBS_DIR
+from tests.azure_fakes import EntraIdCredential
 from training.data import MIRRORS
 
 MIRROR = MIRRORS[0]
@@ -51,7 +52,7 @@ def cli(fake: FakeWorkspace, *argv: str, credential: Any = None, flags: bool = T
         fake.workspace,
     ]
     args = build_parser().parse_args([*argv, *(workspace if flags else [])])
-    return args.func(args, credential=credential or FakeCredential(), transport=fake)
+    return args.func(args, credential=credential or EntraIdCredential(), transport=fake)
 
 
 def submit(fake: FakeWorkspace, spec: str, *extra: str, **kwargs: Any) -> int:
@@ -257,7 +258,7 @@ def test_part_of_a_workspace_on_the_command_line_is_a_user_error(fake: FakeWorks
         ["submit", str(JOBS_DIR / "single.yml"), "--workspace", "w", "--subscription", "s"]
     )
     with pytest.raises(UserError, match=r"also pass --resource-group"):
-        args.func(args, credential=FakeCredential(), transport=fake)
+        args.func(args, credential=EntraIdCredential(), transport=fake)
 
 
 # ---------------------------------------------------------------------------- errors

@@ -14,26 +14,22 @@ forwards scoring requests to a ``scorer`` callback, which the tests point at the
 
 from __future__ import annotations
 
-import io
-import json
 import re
-import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
-import urllib3
-from azure.core.credentials import AccessToken, AccessTokenInfo
 from azure.core.pipeline.transport import RequestsTransport
 from requests.adapters import HTTPAdapter
+
+from tests.azure_fakes import TOKEN, Call, error_response, json_response, requests_transport
 
 SUBSCRIPTION = "5d3c1b2a-0f9e-4d8c-b7a6-112233445566"
 RESOURCE_GROUP = "rg-mnist-dev"
 WORKSPACE = "mlw-mnist-dev"
 LOCATION = "swedencentral"
-TOKEN = "offline-serving-test-token"
 WS_PATH = (
     f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
     f"/providers/Microsoft.MachineLearningServices/workspaces/{WORKSPACE}"
@@ -41,68 +37,6 @@ WS_PATH = (
 STORAGE_HOST = "stmnistdev.blob.core.windows.net"
 
 Scorer = Callable[[str | None, bytes], tuple[int, bytes]]
-
-
-class StaticCredential:
-    """A TokenCredential that hands out a fixed token: no sign-in, no secrets."""
-
-    def __init__(self) -> None:
-        self.scopes: list[str] = []
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        self.scopes += scopes
-        return AccessToken(TOKEN, int(time.time()) + 3600)
-
-    def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
-        self.scopes += scopes
-        return AccessTokenInfo(TOKEN, int(time.time()) + 3600)
-
-
-@dataclass
-class Call:
-    method: str
-    url: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def _response(
-    request: requests.PreparedRequest,
-    status: int,
-    body: Any = None,
-    *,
-    raw_body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-) -> requests.Response:
-    data = (
-        raw_body if raw_body is not None else (b"" if body is None else json.dumps(body).encode())
-    )
-    all_headers = {
-        "Content-Type": "application/json",
-        "Content-Length": str(len(data)),
-        "x-ms-request-id": "00000000-0000-0000-0000-000000000001",
-        **(headers or {}),
-    }
-    raw = urllib3.HTTPResponse(
-        body=io.BytesIO(data),
-        headers=all_headers,
-        status=status,
-        preload_content=False,
-        decode_content=False,
-        request_method=request.method,
-        request_url=request.url,
-        enforce_content_length=True,
-    )
-    return HTTPAdapter().build_response(request, raw)
-
-
-def _error(request: requests.PreparedRequest, status: int, code: str, message: str):
-    return _response(request, status, {"error": {"code": code, "message": message}})
 
 
 @dataclass
@@ -130,10 +64,7 @@ class FakeAzureML:
         return Adapter()
 
     def transport(self) -> RequestsTransport:
-        session = requests.Session()
-        session.mount("https://", self.adapter())
-        session.mount("http://", self.adapter())
-        return RequestsTransport(session=session)
+        return requests_transport(self.adapter())
 
     def install(self, monkeypatch: Any) -> None:
         """Route every ``requests`` call in this process here (the blob uploader's own too)."""
@@ -242,39 +173,27 @@ class FakeAzureML:
 
     def handle(self, request: requests.PreparedRequest) -> requests.Response:
         parts = urllib.parse.urlsplit(request.url or "")
-        body = request.body or b""
-        if hasattr(body, "read"):
-            body = body.read()
-        if isinstance(body, str):
-            body = body.encode()
-        call = Call(
-            request.method or "",
-            request.url or "",
-            parts.path,
-            dict(urllib.parse.parse_qsl(parts.query)),
-            dict(request.headers),
-            bytes(body),
-        )
+        call = Call.of(request)
         self.calls.append(call)
         for (method, pattern), (status, code, message) in self.failures.items():
             if call.method == method and re.search(pattern, call.path):
-                return _error(request, status, code, message)
+                return error_response(request, status, code, message)
         if parts.hostname == "management.azure.com":
             return self._arm(request, call)
         if parts.hostname == STORAGE_HOST:
             return self._blob(request, call)
         if parts.hostname and parts.hostname.endswith(".inference.ml.azure.com"):
             return self._score(request, call)
-        return _error(request, 404, "NoRoute", f"the fake has no host {parts.hostname}")
+        return error_response(request, 404, "NoRoute", f"the fake has no host {parts.hostname}")
 
     def _arm(self, request: requests.PreparedRequest, call: Call) -> requests.Response:
         path = call.path
         if not path.startswith(WS_PATH):
-            return _error(request, 404, "NotFound", f"no workspace at {path}")
+            return error_response(request, 404, "NotFound", f"no workspace at {path}")
         rest = path[len(WS_PATH) :]
         method = call.method
         if rest == "":
-            return _response(
+            return json_response(
                 request,
                 200,
                 {"id": WS_PATH, "name": WORKSPACE, "location": LOCATION, "properties": {}},
@@ -283,18 +202,18 @@ class FakeAzureML:
             return self._endpoint(request, call, m.group(1))
         if m := re.fullmatch(r"/onlineEndpoints/([^/]+)/deployments", rest):
             items = [d for (e, _), d in self.deployments.items() if e == m.group(1)]
-            return _response(request, 200, {"value": items})
+            return json_response(request, 200, {"value": items})
         if m := re.fullmatch(r"/onlineEndpoints/([^/]+)/deployments/([^/]+)", rest):
             return self._deployment(request, call, m.group(1), m.group(2))
         if m := re.fullmatch(r"/onlineEndpoints/([^/]+)/deployments/([^/]+)/getLogs", rest):
-            return _response(request, 200, {"content": "init() failed: see above"})
+            return json_response(request, 200, {"content": "init() failed: see above"})
         if m := re.fullmatch(r"/environments/([^/]+)/versions/([^/]+)", rest):
             return self._versioned(request, call, self.environments, "environments", m)
         if m := re.fullmatch(r"/codes/([^/]+)/versions", rest):
-            return _response(request, 200, {"value": []})  # no code with this hash yet
+            return json_response(request, 200, {"value": []})  # no code with this hash yet
         if m := re.fullmatch(r"/codes/([^/]+)/versions/([^/]+)/startPendingUpload", rest):
             folder = f"LocalUpload/{m.group(1)}"
-            return _response(
+            return json_response(
                 request,
                 200,
                 {
@@ -313,57 +232,61 @@ class FakeAzureML:
             return self._versioned(request, call, self.codes, "codes", m)
         if m := re.fullmatch(r"/models/([^/]+)/versions/([^/]+)", rest):
             if m.group(2) in self.models.get(m.group(1), []):
-                return _response(request, 200, self._model_resource(m.group(1), m.group(2)))
-            return _error(request, 404, "NotFound", f"model {m.group(1)}:{m.group(2)} not found")
+                return json_response(request, 200, self._model_resource(m.group(1), m.group(2)))
+            return error_response(
+                request, 404, "NotFound", f"model {m.group(1)}:{m.group(2)} not found"
+            )
         if m := re.fullmatch(r"/models/([^/]+)/versions", rest):
             versions = self.models.get(m.group(1), [])
             items = [self._model_resource(m.group(1), v) for v in reversed(versions)]
-            return _response(request, 200, {"value": items})
-        return _error(request, 404, "NotFound", f"the fake has no route for {method} {rest}")
+            return json_response(request, 200, {"value": items})
+        return error_response(
+            request, 404, "NotFound", f"the fake has no route for {method} {rest}"
+        )
 
     def _endpoint(self, request, call: Call, name: str) -> requests.Response:
         if call.method == "GET":
             if name not in self.endpoints:
-                return _error(request, 404, "UserError", f"Endpoint {name} not found.")
-            return _response(request, 200, self.endpoints[name])
+                return error_response(request, 404, "UserError", f"Endpoint {name} not found.")
+            return json_response(request, 200, self.endpoints[name])
         if call.method == "PUT":
             body = call.json()
             properties = dict(body.get("properties", {}))
             traffic = properties.pop("traffic", None) or {}
             unknown = set(traffic) - {d for (e, d) in self.deployments if e == name}
             if unknown:
-                return _error(
+                return error_response(
                     request, 400, "BadRequest", f"Traffic names unknown deployments {unknown}."
                 )
             resource = self._endpoint_resource(name, properties, traffic, body.get("tags"))
             created = name not in self.endpoints
             self.endpoints[name] = resource
-            return _response(request, 201 if created else 200, resource)
-        return _error(request, 405, "MethodNotAllowed", call.method)
+            return json_response(request, 201 if created else 200, resource)
+        return error_response(request, 405, "MethodNotAllowed", call.method)
 
     def _deployment(self, request, call: Call, endpoint: str, name: str) -> requests.Response:
         key = (endpoint, name)
         if call.method == "GET":
             if key not in self.deployments:
-                return _error(request, 404, "NotFound", f"Deployment {name} not found.")
-            return _response(request, 200, self.deployments[key])
+                return error_response(request, 404, "NotFound", f"Deployment {name} not found.")
+            return json_response(request, 200, self.deployments[key])
         if call.method == "PUT":
             resource = self._deployment_resource(endpoint, name, call.json().get("properties", {}))
             self.deployments[key] = resource
-            return _response(request, 201, resource)
+            return json_response(request, 201, resource)
         if call.method == "DELETE":
             if self.endpoints.get(endpoint, {}).get("properties", {}).get("traffic", {}).get(name):
-                return _error(request, 400, "BadRequest", f"{name} still receives traffic.")
+                return error_response(request, 400, "BadRequest", f"{name} still receives traffic.")
             self.deployments.pop(key, None)
-            return _response(request, 200)
-        return _error(request, 405, "MethodNotAllowed", call.method)
+            return json_response(request, 200)
+        return error_response(request, 405, "MethodNotAllowed", call.method)
 
     def _versioned(self, request, call: Call, store: dict, kind: str, m: re.Match[str]):
         key = (m.group(1), m.group(2))
         if call.method == "GET":
             if key not in store:
-                return _error(request, 404, "NotFound", f"{kind} {key} not found.")
-            return _response(request, 200, store[key])
+                return error_response(request, 404, "NotFound", f"{kind} {key} not found.")
+            return json_response(request, 200, store[key])
         if call.method == "PUT":
             resource = {
                 "id": f"{WS_PATH}/{kind}/{key[0]}/versions/{key[1]}",
@@ -374,19 +297,19 @@ class FakeAzureML:
                 },
             }
             store[key] = resource
-            return _response(request, 201, resource)
-        return _error(request, 405, "MethodNotAllowed", call.method)
+            return json_response(request, 201, resource)
+        return error_response(request, 405, "MethodNotAllowed", call.method)
 
     def _blob(self, request, call: Call) -> requests.Response:
         name = call.path
         if call.method == "PUT" and call.query.get("comp") == "metadata":
-            return _response(request, 200, raw_body=b"", headers={"ETag": '"0x2"'})
+            return json_response(request, 200, raw_body=b"", headers={"ETag": '"0x2"'})
         if call.method == "PUT":
             self.blobs[name] = call.body
-            return _response(request, 201, raw_body=b"", headers={"ETag": '"0x1"'})
+            return json_response(request, 201, raw_body=b"", headers={"ETag": '"0x1"'})
         if call.method in ("HEAD", "GET") and name in self.blobs:
-            return _response(request, 200, raw_body=b"")
-        return _response(
+            return json_response(request, 200, raw_body=b"")
+        return json_response(
             request,
             404,
             raw_body=b"",
@@ -395,7 +318,7 @@ class FakeAzureML:
 
     def _score(self, request, call: Call) -> requests.Response:
         if call.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return _error(request, 401, "Unauthorized", "no or wrong Entra ID token")
+            return error_response(request, 401, "Unauthorized", "no or wrong Entra ID token")
         endpoint = urllib.parse.urlsplit(call.url).hostname.split(".")[0]  # type: ignore[union-attr]
         traffic = self.endpoints.get(endpoint, {}).get("properties", {}).get("traffic", {})
         deployment = call.headers.get("azureml-model-deployment")
@@ -403,15 +326,17 @@ class FakeAzureML:
             live = [d for d, share in traffic.items() if share > 0]
             deployment = live[0] if live else None
         if deployment is None or (endpoint, deployment) not in self.deployments:
-            return _error(request, 404, "NoDeployment", f"no deployment {deployment!r} to score")
+            return error_response(
+                request, 404, "NoDeployment", f"no deployment {deployment!r} to score"
+            )
         if self.scorer is None:
-            return _error(request, 503, "NoScorer", "the test gave the fake no scorer")
+            return error_response(request, 503, "NoScorer", "the test gave the fake no scorer")
         status, body = self.scorer(deployment, call.body)
         if status >= 500:  # the gateway reports a failing container as "424 model error"
-            return _response(
+            return json_response(
                 request,
                 424,
                 raw_body=body,
                 headers={"ms-azureml-model-error-statuscode": str(status)},
             )
-        return _response(request, status, raw_body=body)
+        return json_response(request, status, raw_body=body)

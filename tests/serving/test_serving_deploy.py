@@ -10,17 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from serving_fake_azure import (
-    RESOURCE_GROUP,
-    SUBSCRIPTION,
-    TOKEN,
-    WORKSPACE,
-    WS_PATH,
-    FakeAzureML,
-    StaticCredential,
-)
+from serving_fake_azure import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, WS_PATH, FakeAzureML
 
 from serving import rollout
+from tests.azure_fakes import TOKEN, StaticCredential
 
 DIGITS = rollout.load_sample_digits()
 
