@@ -79,10 +79,10 @@ def resolve_target(args: argparse.Namespace) -> Target:
     if given:
         absent = [flag for flag, value in flags.items() if not value]
         raise UserError(
-            f"Which workspace? Pass {' '.join(f'{flag} ...' for flag in absent)} too, or none of "
-            f"the three to use the Pulumi stack's workspace ({', '.join(given)} alone names only "
-            f"part of one: also pass {' and '.join(absent)}, or set "
-            f"{' and '.join(_WORKSPACE_FLAGS[flag][0] for flag in absent)})"
+            f"Which workspace? {', '.join(given)} alone names only part of one: also pass "
+            f"{' and '.join(absent)} (or set "
+            f"{' and '.join(_WORKSPACE_FLAGS[flag][0] for flag in absent)}), or none of the "
+            "three to use the Pulumi stack's workspace."
         )
     from scripts.infra import read_stack_outputs
 

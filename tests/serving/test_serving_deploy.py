@@ -292,7 +292,8 @@ def test_deploy_command_needs_all_three_workspace_flags(monkeypatch, capsys):
     monkeypatch.setattr(entry, "COMMAND_MODULES", ("scripts.serving",))
     assert entry.main(["deploy", "--subscription", "x"]) == 2
     err = capsys.readouterr().err
-    assert "Which workspace? Pass --resource-group ... --workspace ... too" in err
+    assert "Which workspace? --subscription alone names only part of one: also pass " in err
+    assert "--resource-group and --workspace" in err
 
 
 def test_the_workspace_comes_from_the_pulumi_stack_by_default(monkeypatch):
