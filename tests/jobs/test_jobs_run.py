@@ -46,7 +46,7 @@ def test_run_trains_the_spec_locally(
     assert result.returncode == 0, log[-4000:]
     assert f"job job: {len(processes)} process(es)" in result.stdout
     if data:
-        assert f"--data-folder {mnist_dir}" in result.stdout
+        assert f"--data-folder {mnist_dir.resolve()}" in result.stdout  # the runner resolves paths
     else:
         assert "note: inputs.mnist is 'mnist@latest' in the workspace" in result.stdout
     if len(processes) > 1:  # one process per TF task, its lines prefixed with the task
