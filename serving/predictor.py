@@ -9,9 +9,11 @@ to [0, 1] and returning float32 ``[-1, 10]`` softmax probabilities.
 
 Speed: the model is called through concrete TensorFlow functions traced once, for a
 ``[None, 784]`` float32 input and (XLA-compiled) for a single image: no retracing, no Keras
-``predict`` machinery per call. JSON is read and written with orjson when it is installed. A
-well-formed request is checked with a few vectorised numpy operations; the slow,
-element-by-element walk only runs to explain what is wrong with a bad request.
+``predict`` machinery per call. A plain Dense stack, like the trained DNN, runs its own
+weights as numpy products instead, checked against the TensorFlow function at load. JSON is
+read and written with orjson when it is installed. A well-formed request is checked with a few
+vectorised numpy operations; the slow, element-by-element walk only runs to explain what is
+wrong with a bad request.
 """
 
 from __future__ import annotations
@@ -344,8 +346,55 @@ class Prediction:
         return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+class DenseStack:
+    """The model's own weights run as numpy matrix products: exact for a plain Dense stack.
+
+    For a net this small, a TensorFlow call costs more than its arithmetic (about 0.25 ms
+    against 25 us for one image), so a stack of Dense layers with ``relu``/``linear``/
+    ``softmax`` activations (Dropout and Input layers do nothing at inference) is exported to
+    numpy at load time. :meth:`export` returns None for any other architecture, and the
+    classifier keeps the TensorFlow function; it also checks the export against the model.
+    """
+
+    ACTIVATIONS = ("relu", "linear", "softmax")
+
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray, str]]) -> None:
+        self.layers = layers
+
+    @classmethod
+    def export(cls, keras_model: Any) -> DenseStack | None:
+        layers = []
+        for layer in keras_model.layers:
+            kind = type(layer).__name__
+            if kind in ("Dropout", "InputLayer"):
+                continue
+            activation = getattr(getattr(layer, "activation", None), "__name__", None)
+            if kind != "Dense" or activation not in cls.ACTIVATIONS or not layer.use_bias:
+                return None
+            kernel, bias = (np.asarray(w, dtype=np.float32) for w in layer.get_weights())
+            layers.append((kernel, bias, activation))
+        return cls(layers) if layers else None
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        x = images
+        for kernel, bias, activation in self.layers:
+            x = x @ kernel
+            x += bias
+            if activation == "relu":
+                np.maximum(x, 0, out=x)
+            elif activation == "softmax":
+                x -= x.max(axis=1, keepdims=True)
+                np.exp(x, out=x)
+                x /= x.sum(axis=1, keepdims=True)
+        return x
+
+
 class DigitClassifier:
-    """The trained Keras model behind a compiled function with a fixed input signature."""
+    """The trained Keras model behind a compiled function with a fixed input signature.
+
+    Where the model is a plain Dense stack, its weights run as numpy products instead
+    (:class:`DenseStack`), after a check at load time that both give the same probabilities.
+    """
 
     def __init__(self, keras_model: Any, *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
         import tensorflow as tf
@@ -368,6 +417,20 @@ class DigitClassifier:
         self._forward_one = tf.function(forward, jit_compile=True).get_concrete_function(
             tf.TensorSpec([1, PIXELS], tf.float32, name="image")
         )
+        self.dense_stack = self._checked_export(keras_model)
+
+    def _tf_proba(self, images: np.ndarray) -> np.ndarray:
+        forward = self._forward_one if len(images) == 1 else self._forward
+        return forward(images).numpy()
+
+    def _checked_export(self, keras_model: Any) -> DenseStack | None:
+        stack = DenseStack.export(keras_model)
+        if stack is None:
+            return None
+        probe = np.random.default_rng(0).random((64, PIXELS), dtype=np.float32)
+        if not np.allclose(stack(probe), self._tf_proba(probe), atol=1e-5):
+            return None  # some layer behaves unlike its weights suggest: trust TensorFlow
+        return stack
 
     @classmethod
     def load(
@@ -401,8 +464,9 @@ class DigitClassifier:
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Probabilities ``(n, 10)`` for float32 images ``(n, 784)`` in [0, 1]."""
-        forward = self._forward_one if len(images) == 1 else self._forward
-        return forward(images).numpy()
+        if self.dense_stack is not None:
+            return self.dense_stack(images)
+        return self._tf_proba(images)
 
     def predict(self, images: np.ndarray) -> Prediction:
         probabilities = self.predict_proba(images)

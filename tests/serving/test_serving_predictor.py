@@ -93,6 +93,38 @@ def test_the_trained_model_loads_and_scores_without_a_server(trained_output, mni
     assert failure.value.status == 413
 
 
+@pytest.mark.slow
+def test_the_trained_dense_stack_runs_in_numpy_with_the_models_own_probabilities(
+    trained_output, mnist_test
+):
+    classifier = DigitClassifier.load(trained_output / "model")
+    assert classifier.dense_stack is not None  # the 784-300-100-10 net is exported
+    images, _ = mnist_test
+    pixels = images[:500].reshape(500, 784).astype(np.float32) / 255
+    expected = np.asarray(classifier.model(pixels, training=False))
+    np.testing.assert_allclose(classifier.predict_proba(pixels), expected, atol=1e-5)
+    np.testing.assert_allclose(classifier.predict_proba(pixels[:1]), expected[:1], atol=1e-5)
+
+
+def test_other_architectures_keep_the_tensorflow_function():
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((784,)),
+            keras.layers.Dense(16, activation="tanh"),  # not exported: stays in TensorFlow
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    classifier = DigitClassifier(model)
+    assert classifier.dense_stack is None
+    pixels = np.random.default_rng(1).random((3, 784), dtype=np.float32)
+    np.testing.assert_allclose(
+        classifier.predict_proba(pixels), np.asarray(model(pixels, training=False)), atol=1e-6
+    )
+
+
 def test_parse_request_returns_float32_rows():
     array = parse_request(b'{"data": [' + b", ".join([b"[" + b"0, " * 783 + b"1]"] * 3) + b"]}")
     assert array.dtype == np.float32 and array.shape == (3, 784)
