@@ -69,34 +69,25 @@ class Config:
     tracking: bool
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+def _checked(convert: type, accept: Any, requirement: str) -> Any:
+    """An argparse type: ``convert`` the text, then refuse values ``accept`` rejects."""
+    noun = "whole number" if convert is int else "number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {noun}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{text} {requirement}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be in [0, 1)")
-    return value
+_positive_int = _checked(int, lambda v: v >= 1, "must be at least 1")
+_positive_float = _checked(float, lambda v: math.isfinite(v) and v > 0, "must be a positive number")
+_fraction = _checked(float, lambda v: 0 <= v < 1, "must be in [0, 1)")
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
