@@ -80,27 +80,23 @@ def mlflow_uri() -> str:
 
 
 def register_locally(model_dir: Path, metrics: dict) -> tuple[str, str]:
-    """A new version of the registered model, pointing at ``model_dir``."""
+    """A new version of the registered model, pointing at ``model_dir``, with the same name
+    and framework tags that ``python -m scripts register`` gives it in the workspace."""
     import mlflow
-    import yaml
 
-    flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["tensorflow"]
+    from scripts.azureml import MODEL_NAME, model_tags
+
     client = mlflow.MlflowClient()
-    name = "tf-mnist"
     try:
-        client.get_registered_model(name)
+        client.get_registered_model(MODEL_NAME)
     except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name)
+        client.create_registered_model(MODEL_NAME)
     version = client.create_model_version(
-        name,
+        MODEL_NAME,
         source=str(model_dir),
-        tags={
-            "framework": "TensorFlow",
-            "framework_version": str(flavor.get("keras_version", "")),
-            "test_accuracy": f"{metrics['test_accuracy']:.4f}",
-        },
+        tags={**model_tags(model_dir), "test_accuracy": f"{metrics['test_accuracy']:.4f}"},
     )
-    return name, version.version
+    return MODEL_NAME, version.version
 
 
 def serve_and_score(

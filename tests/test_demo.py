@@ -28,3 +28,6 @@ def test_demo_trains_registers_serves_and_scores(mnist_dir, tmp_path, run_python
     version = client.get_model_version("tf-mnist", "1")
     assert version.source == str(out / "model")
     assert version.tags["framework"] == "TensorFlow"
+    import tensorflow as tf
+
+    assert version.tags["framework_version"] == tf.__version__
