@@ -51,6 +51,13 @@ class Runtime:
     coordinator: Any = None  # tf.distribute.coordinator.ClusterCoordinator for PS
     extras: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def ranks_per_step(self) -> int:
+        """Processes that each take a whole global batch per step: Horovod's ranks step
+        outside tf.distribute, so an epoch's examples and the learning-rate scaling count
+        them too; under a strategy the replicas are already in ``num_replicas``."""
+        return self.num_workers if self.kind == "horovod" else 1
+
     def wrap_tape(self, tape: tf.GradientTape) -> tf.GradientTape:
         """Hook for all-reducing gradients outside tf.distribute (Horovod overrides it)."""
         return tape

@@ -212,10 +212,7 @@ class Trainer:
         self.x_test = data.x_test.reshape(len(data.x_test), -1).astype(np.float32) / 255.0
         self.y_test = data.y_test.astype(np.int32)
         self.global_batch = config.batch_size * runtime.num_replicas
-        examples_per_step = self.global_batch
-        if runtime.kind == "horovod":
-            examples_per_step *= runtime.num_workers  # each rank steps on its own shard
-        self.steps_per_epoch = len(self.x_train) // examples_per_step
+        self.steps_per_epoch = len(self.x_train) // (self.global_batch * runtime.ranks_per_step)
         if self.steps_per_epoch < 1:
             raise UsageError(
                 f"--batch-size {config.batch_size} x {runtime.num_replicas} replicas exceeds "
@@ -223,8 +220,7 @@ class Trainer:
             )
         total_steps = self.steps_per_epoch * config.epochs
         # Square-root scaling keeps Adam stable when replicas multiply the batch.
-        replicas = runtime.num_replicas * (runtime.num_workers if runtime.kind == "horovod" else 1)
-        peak = config.learning_rate * math.sqrt(replicas)
+        peak = config.learning_rate * math.sqrt(runtime.num_replicas * runtime.ranks_per_step)
         with runtime.strategy.scope():
             self.model = build_model(
                 config.first_layer_neurons, config.second_layer_neurons, config.dropout
@@ -310,11 +306,7 @@ class Trainer:
             loss_sum += float(loss)
             correct += float(hits)
         seen = self.steps_per_epoch * self.global_batch
-        return (
-            loss_sum / seen,
-            correct / seen,
-            seen * (self.runtime.num_workers if self.runtime.kind == "horovod" else 1),
-        )
+        return loss_sum / seen, correct / seen, seen * self.runtime.ranks_per_step
 
     def _train_epoch_ps(self) -> tuple[float, float, int]:
         coordinator = self.runtime.coordinator
