@@ -1,5 +1,5 @@
-"""Shared fixtures. Tests that need MNIST read it from MNIST_DATA_DIR (``.ci/run`` and the
-Makefile point it at ../shared/data/mnist when that folder exists)."""
+"""Shared fixtures. Tests that need MNIST take the ``mnist_dir`` fixture: ``MNIST_DATA_DIR``, else
+../shared/data/mnist. Without the data they skip on a laptop and fail in CI (``CI=true``)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,47 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+def find_mnist(env: dict[str, str]) -> Path | None:
+    """The MNIST folder: ``MNIST_DATA_DIR`` if set, else ../shared/data/mnist; None if neither
+    holds the four files."""
+    folder = Path(env["MNIST_DATA_DIR"]) if env.get("MNIST_DATA_DIR") else SHARED_MNIST
+    if all((folder / name).is_file() for name in MNIST_FILES):
+        return folder
+    return None
+
+
+def missing_mnist_outcome(env: dict[str, str]) -> tuple[str, str]:
+    """("fail" | "skip", why) for a test that needs MNIST and has none: CI has the data, so
+    there a missing folder is a broken setup, not a reason to pass quietly."""
+    where = env.get("MNIST_DATA_DIR") or str(SHARED_MNIST)
+    why = (
+        f"MNIST is not in {where} (the four IDX .gz files). Point MNIST_DATA_DIR at a folder "
+        "that has them, or run the suite with `make test`, which uses ../shared/data/mnist."
+    )
+    ci = env.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    return ("fail" if ci else "skip"), why
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    folder = os.environ.get("MNIST_DATA_DIR")
-    if not folder or not Path(folder).is_dir():
-        pytest.skip(
-            "MNIST_DATA_DIR is not set to a folder with the four MNIST .gz files "
-            "(run the suite with `make test`, which points it at ../shared/data/mnist)"
-        )
-    return Path(folder)
+    folder = find_mnist(dict(os.environ))
+    if folder is None:
+        outcome, why = missing_mnist_outcome(dict(os.environ))
+        if outcome == "fail":
+            pytest.fail(f"CI=true and {why}", pytrace=False)
+        pytest.skip(why)
+    # Subprocesses (training, the local runner, the scoring server) read it from here.
+    os.environ["MNIST_DATA_DIR"] = str(folder)
+    return folder
 
 
 @pytest.fixture
