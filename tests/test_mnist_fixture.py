@@ -39,7 +39,12 @@ def _run_pytest(tmp_path: Path, env_changes: dict[str, str | None]) -> subproces
 
 @pytest.mark.parametrize(
     ("ci", "exit_code", "summary"),
-    [("true", 1, "1 error"), ("1", 1, "1 error"), (None, 0, "1 skipped"), ("false", 0, "1 skipped")],
+    [
+        ("true", 1, "1 error"),
+        ("1", 1, "1 error"),
+        (None, 0, "1 skipped"),
+        ("false", 0, "1 skipped"),
+    ],
 )
 def test_missing_mnist_fails_in_ci_and_skips_elsewhere(
     tmp_path: Path, ci: str | None, exit_code: int, summary: str
