@@ -1,8 +1,8 @@
 """The article's MNIST DNN and its learning-rate schedule.
 
 Kept free of distribution concerns: callers build these inside a strategy scope. Written
-against the Keras API shared by Keras 3 (TF >= 2.16) and tf.keras 2.12 (the Horovod
-environment), so one package serves both.
+against the Keras API shared by Keras 3 (TF >= 2.16) and tf.keras 2.13 (TensorFlow 2.13.1,
+the Horovod environment), so one package serves both.
 """
 
 from __future__ import annotations
@@ -31,12 +31,16 @@ def build_model(first_layer_neurons: int, second_layer_neurons: int, dropout: fl
     return keras.Sequential(layers, name="mnist_dnn")
 
 
-@keras.utils.register_keras_serializable(package="mnist")
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay to zero.
 
     Large-batch training of a small net converges fastest when the rate ramps up, peaks
     high and anneals to zero by the last step (the "one-cycle" recipe).
+
+    Deliberately not registered with ``keras.utils.register_keras_serializable``: MLflow
+    pickles every registered object beside the saved model, which then needs this package to
+    load. The schedule belongs to training (its rate follows the optimizer's step counter,
+    which checkpoints restore); the saved model is for inference only.
     """
 
     def __init__(self, peak: float, total_steps: int, warmup_steps: int) -> None:
