@@ -6,7 +6,9 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from training.distribute import ClusterConfigError, parse_tf_config, promote_chief
@@ -72,7 +74,7 @@ def test_cli_rejects_bad_tf_config_without_traceback(mnist_dir, run_python):
 @pytest.mark.parametrize(
     ("flag", "value", "complaint"),
     [
-        ("--batch-size", "0", "must be at least 1"),
+        ("--batch-size", "0", "must be between 1 and 60000"),
         ("--epochs", "two", "not a whole number"),
         ("--learning-rate", "-1", "positive number"),
         ("--learning-rate", "nan", "positive number"),
@@ -86,7 +88,7 @@ def test_bad_flag_values_are_usage_errors(flag, value, complaint, run_python):
     assert "Traceback" not in result.stderr
 
 
-def test_batch_larger_than_the_data_is_a_usage_error(mnist_dir, run_python, tmp_path):
+def test_batch_larger_than_the_data_is_a_usage_error(run_python, tmp_path):
     result = run_python(
         "-m",
         "training.train",
@@ -96,7 +98,22 @@ def test_batch_larger_than_the_data_is_a_usage_error(mnist_dir, run_python, tmp_
         "--output-dir",
         str(tmp_path),
     )
-    assert result.returncode == 2 and "smaller --batch-size" in result.stderr
+    assert result.returncode == 2 and "must be between 1 and 60000" in result.stderr
+
+
+def test_global_batch_larger_than_the_data_is_a_usage_error():
+    """Each replica's batch fits, the global batch (batch x replicas) does not."""
+    import tensorflow as tf
+
+    from training.data import Mnist
+    from training.distribute import Runtime
+    from training.train import Trainer, UsageError, parse_args
+
+    images = np.zeros((1_000, 28, 28), np.uint8)
+    data = Mnist(images, np.zeros(1_000, np.uint8), images[:10], np.zeros(10, np.uint8), Path())
+    runtime = Runtime("multi_worker", tf.distribute.get_strategy(), num_replicas=2)
+    with pytest.raises(UsageError, match="600 x 2 replicas exceeds the 1000 training examples"):
+        Trainer(parse_args(["--batch-size", "600"]), runtime, data)
 
 
 def test_optimizer_sums_gradients_across_replicas():

@@ -109,6 +109,16 @@ class Mnist:
     source: Path
 
 
+def fingerprint(data: Mnist) -> str:
+    """SHA-256 of the decoded arrays, in order: names the data a model was trained on, wherever
+    it was read from (a checkpoint made from other data is not resumed)."""
+    digest = hashlib.sha256()
+    for array in (data.x_train, data.y_train, data.x_test, data.y_test):
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def _fix_hint(spec: IdxFile) -> str:
     return (
         f"Replace it with a good copy of {spec.archive} (see README, 'Data'), or delete it "

@@ -70,6 +70,11 @@ class Runtime:
         """
         return start
 
+    def share_from_chief(self, value: Any, name: str) -> Any:
+        """The chief's ``value`` on every worker (Horovod broadcasts it). tf.distribute workers
+        read the same output folder and decide alike, and a worker that fails stops the job."""
+        return value
+
     def after_first_step(self, model: Any, optimizer: Any) -> None:
         """Hook run once after the first step (Horovod broadcasts rank 0's variables)."""
 

@@ -13,6 +13,9 @@ How the Trainer uses what ``detect()`` returns:
   scaled by sqrt(size);
 - ``wrap_tape``: ``hvd.DistributedGradientTape`` averages the gradients of all ranks, so
   every rank applies the same update;
+- ``share_from_chief``: rank 0's verdict on the output folder's checkpoints (fresh, resume,
+  finished or refused) holds for every rank, so no rank trains alone or waits for a rank that
+  has stopped;
 - ``after_restore``: rank 0's start epoch and variables are broadcast, so every rank resumes
   from the same epoch even where only rank 0 sees the checkpoints (a node-local output
   folder), and the ranks run the same number of steps;
@@ -78,6 +81,9 @@ class HorovodRuntime(Runtime):
             )
         self._broadcast_state(model, optimizer)
         return agreed
+
+    def share_from_chief(self, value: Any, name: str) -> Any:
+        return self.hvd.broadcast_object(value, root_rank=0, name=name)
 
     def after_first_step(self, model: Any, optimizer: Any) -> None:
         self._broadcast_state(model, optimizer)

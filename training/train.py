@@ -12,7 +12,12 @@ Distributed: the same command, started by a launcher that sets the environment
     horovodrun -np 2 -H localhost:2 --gloo python -m training.train  # Horovod
 
 Re-running the same command with the same ``--output-dir`` resumes from the last epoch
-checkpoint in ``OUTPUT_DIR/checkpoints`` (how low-priority nodes survive eviction).
+checkpoint in ``OUTPUT_DIR/checkpoints`` (how low-priority nodes survive eviction), but only
+when ``OUTPUT_DIR/checkpoints/run.json`` says the same flags, runtime and data produced it
+(``training/resume.py``; ``--epochs`` included: it sets the schedule's length); otherwise it
+stops before training and says what differs. ``--restart`` discards the old checkpoints. A
+rerun of a finished folder with the same flags has nothing to do and changes nothing.
+SIGINT and SIGTERM stop after the current step with one line (exit 130 and 143).
 
 Writes to ``--output-dir`` (only the chief): ``model/`` (an MLflow model; the Keras file is
 ``model/data/model.keras``), ``metrics.json``, ``training_curves.png``,
@@ -23,20 +28,26 @@ Writes to ``--output-dir`` (only the chief): ``model/`` (an MLflow model; the Ke
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from training import resume
 from training.data import DataError, Mnist, load_mnist
+from training.export import save_model
 
 # Defaults, each chosen once here. Together they reach >= 98% test accuracy in a few
 # epochs on two CPU cores (see benchmarks/train_speed.py).
@@ -49,6 +60,15 @@ DEFAULT_DROPOUT = 0.2  # keeps the last epochs at a low rate from overfitting
 WARMUP_FRACTION = 0.1  # of all steps, rate ramps linearly to its peak
 LABEL_SMOOTHING = 0.05  # softer targets: better-calibrated probabilities for serving
 EVAL_BATCH = 2_000
+
+# Bounds the libraries enforce late (after TensorFlow loaded) or not at all: checked while
+# parsing instead, so a typo costs a usage line, not a traceback or a run that cannot work.
+MAX_SEED = 2**32 - 1  # NumPy and keras.utils.set_random_seed refuse seeds outside [0, 2**32)
+MAX_EPOCHS = 10_000
+MAX_LEARNING_RATE = 10.0  # Adam diverges long before; float32 overflows past ~3e38
+MIN_LEARNING_RATE = 1e-30  # smaller rounds to zero (or a denormal) in float32: nothing learns
+MAX_PARAMETERS = 100_000_000  # weights; Adam keeps two more copies: 1.2 GB of float32
+TRAIN_EXAMPLES = 60_000  # MNIST's training set (training/data.py verifies the count)
 
 
 class UsageError(Exception):
@@ -67,6 +87,7 @@ class Config:
     seed: int
     dropout: float
     tracking: bool
+    restart: bool = False
 
 
 def _checked(convert: type, accept: Any, requirement: str) -> Any:
@@ -86,8 +107,25 @@ def _checked(convert: type, accept: Any, requirement: str) -> Any:
 
 
 _positive_int = _checked(int, lambda v: v >= 1, "must be at least 1")
-_positive_float = _checked(float, lambda v: math.isfinite(v) and v > 0, "must be a positive number")
+_epochs = _checked(int, lambda v: 1 <= v <= MAX_EPOCHS, f"must be between 1 and {MAX_EPOCHS}")
+_batch = _checked(
+    int,
+    lambda v: 1 <= v <= TRAIN_EXAMPLES,
+    f"must be between 1 and {TRAIN_EXAMPLES} (the MNIST training examples)",
+)
+_learning_rate = _checked(
+    float,
+    lambda v: math.isfinite(v) and MIN_LEARNING_RATE <= v <= MAX_LEARNING_RATE,
+    f"must be a positive number between {MIN_LEARNING_RATE:g} and {MAX_LEARNING_RATE:g}",
+)
 _fraction = _checked(float, lambda v: 0 <= v < 1, "must be in [0, 1)")
+_seed = _checked(int, lambda v: 0 <= v <= MAX_SEED, f"must be between 0 and {MAX_SEED} (2**32 - 1)")
+_folder = _checked(str, lambda v: v.strip() != "", "must name a folder")
+
+
+def parameter_count(first: int, second: int, pixels: int = 784, classes: int = 10) -> int:
+    """Weights and biases of the pixels-first-second-classes Dense stack."""
+    return (pixels + 1) * first + (first + 1) * second + (second + 1) * classes
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -101,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=_batch,
         default=DEFAULT_BATCH_SIZE,
         help="examples per replica per step (default %(default)s)",
     )
@@ -109,22 +147,44 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--second-layer-neurons", type=_positive_int, default=DEFAULT_SECOND_LAYER)
     parser.add_argument(
         "--learning-rate",
-        type=_positive_float,
+        type=_learning_rate,
         default=DEFAULT_LEARNING_RATE,
         help="peak learning rate for one replica (default %(default)s)",
     )
-    parser.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS)
+    parser.add_argument(
+        "--epochs",
+        type=_epochs,
+        default=DEFAULT_EPOCHS,
+        help="length of the learning-rate schedule, which reaches zero at the last epoch "
+        "(default %(default)s)",
+    )
     parser.add_argument(
         "--output-dir",
+        type=_folder,
         default="./outputs",
         help="model, metrics, pictures, checkpoints (default %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_seed, default=0, help="0 to 2**32 - 1 (default 0)")
     parser.add_argument("--dropout", type=_fraction, default=DEFAULT_DROPOUT)
     parser.add_argument(
         "--no-tracking", dest="tracking", action="store_false", help="do not log to MLflow"
     )
-    return Config(**vars(parser.parse_args(argv)))
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the checkpoints and history in OUTPUT_DIR/checkpoints and train from "
+        "scratch (without it, a rerun resumes, and only with the flags that wrote them)",
+    )
+    config = Config(**vars(parser.parse_args(argv)))
+    weights = parameter_count(config.first_layer_neurons, config.second_layer_neurons)
+    if weights > MAX_PARAMETERS:
+        parser.error(
+            f"--first-layer-neurons {config.first_layer_neurons} and --second-layer-neurons "
+            f"{config.second_layer_neurons} make {weights:,} weights, more than the "
+            f"{MAX_PARAMETERS:,} this script allows (Adam keeps three float32 copies); "
+            "choose smaller layers"
+        )
+    return config
 
 
 # ---------------------------------------------------------------------------- data
@@ -348,11 +408,35 @@ class Trainer:
 # ---------------------------------------------------------------------------- checkpoints
 
 
+class RestoreError(Exception):
+    """A checkpoint that does not restore every weight and the optimizer's state."""
+
+
+class OutputError(Exception):
+    """The output folder cannot be written (a file in the way, read-only, disk full)."""
+
+
+def describe_os_error(exc: OSError, what: str, path: Path | str) -> str:
+    """One sentence: what could not be written where, and why, in the system's words."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason = "no space left on the device"
+    return f"cannot write {what} {path}: {reason}"
+
+
+def _tf_write_error() -> tuple[type[BaseException], ...]:
+    import tensorflow as tf
+
+    return (OSError, tf.errors.OpError)
+
+
 class Checkpoints:
     """Epoch checkpoints under OUTPUT_DIR/checkpoints, written so a kill never corrupts them.
 
     Every worker of a synchronous cluster must take part in saving; all but the chief save
-    to a throw-away folder (the pattern the TF multi-worker guide prescribes).
+    to a throw-away folder (the pattern the TF multi-worker guide prescribes). A restore must
+    restore every variable of the model and the optimizer (and nothing else may be left
+    over in the checkpoint): anything less is a ``RestoreError``, never a warning.
     """
 
     def __init__(self, trainer: Trainer, output_dir: Path) -> None:
@@ -371,13 +455,21 @@ class Checkpoints:
         self.manager = tf.train.CheckpointManager(trainer.checkpoint, str(target), max_to_keep=2)
 
     def restore(self) -> tuple[int, list[dict[str, float]]]:
-        """(first epoch to run, history so far); (0, []) when starting fresh."""
+        """(first epoch to run, history so far); (0, []) when there is no checkpoint."""
         import tensorflow as tf
 
         latest = tf.train.latest_checkpoint(str(self.directory))
         if latest is None:
             return 0, []
-        self.trainer.checkpoint.restore(latest).expect_partial()
+        try:
+            self.trainer.checkpoint.restore(latest).assert_consumed()
+        except (AssertionError, ValueError, tf.errors.OpError) as exc:
+            raise RestoreError(
+                f"The checkpoint {latest} does not restore this run's model and optimizer "
+                f"({_first_line(exc)}), so resuming from it would train from partly fresh "
+                "weights. Train into a new --output-dir, or pass --restart to discard the "
+                "checkpoints there and train from scratch."
+            ) from None
         history = []
         if self.history_path.exists():
             history = json.loads(self.history_path.read_text())
@@ -385,60 +477,67 @@ class Checkpoints:
         return start, [row for row in history if row["epoch"] <= start]
 
     def save(self, epoch: int, history: list[dict[str, float]]) -> None:
+        """Write epoch ``epoch``'s checkpoint, its history row first (a restore keeps only the
+        rows up to the checkpoint's epoch). On a write error nothing of this epoch is left:
+        the previous checkpoint stays the latest, whole."""
         self.trainer.epoch_var.assign(epoch)
         if not self.saves:
             return
-        self.manager.save(checkpoint_number=epoch)
-        if self.trainer.runtime.is_chief:
-            _write_atomic(self.history_path, json.dumps(history, indent=1))
+        try:
+            if self.trainer.runtime.is_chief:
+                _write_atomic(self.history_path, json.dumps(history, indent=1))
+            self.manager.save(checkpoint_number=epoch)
+        except _tf_write_error() as exc:
+            self._remove_partial(epoch)
+            raise OutputError(
+                f"{_describe_write_error(exc, 'the checkpoint in', self.directory)}. "
+                f"{self._kept(epoch - 1)}"
+            ) from None
+
+    def _remove_partial(self, epoch: int) -> None:
+        for path in Path(self.manager.directory).glob(f"ckpt-{epoch}[._]*"):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    def _kept(self, epoch: int) -> str:
+        if epoch < 1:
+            return "No epoch had finished, so nothing was lost."
+        return (
+            f"The checkpoint after epoch {epoch} in {self.directory} is intact: free space or "
+            "fix the folder, then rerun the same command to resume from it."
+        )
 
     def close(self) -> None:
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _describe_write_error(exc: BaseException, what: str, path: Path) -> str:
+    if isinstance(exc, OSError):
+        return describe_os_error(exc, what, path)
+    return f"cannot write {what} {path}: {_first_line(exc)}"
+
+
 def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` whole, or leave it as it was (no ``.tmp`` left behind)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------------------- outputs
-
-
-def save_model(model: Any, destination: Path) -> Path:
-    """Write the MLflow model (with its signature) to ``destination``, replacing it whole."""
-    import keras
-    import tensorflow as tf
-
-    staging = destination.with_name(destination.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        import mlflow.tensorflow
-        from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
-    except ImportError:  # an environment without MLflow still gets the Keras file
-        (staging / "data").mkdir(parents=True)
-        model.save(staging / "data" / "model.keras")
-        if keras.__version__.startswith("2."):  # tf.keras 2 (Horovod): serving runs Keras 3
-            from training.keras_compat import rewrite_weights_for_keras3
-
-            rewrite_weights_for_keras3(model, staging / "data" / "model.keras")
-    else:
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 784), "pixels")]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10), "probabilities")]),
-        )
-        mlflow.tensorflow.save_model(
-            model,
-            str(staging),
-            signature=signature,
-            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
-        )
-    shutil.rmtree(destination, ignore_errors=True)
-    staging.replace(destination)
-    return destination
 
 
 class Tracker:
@@ -455,6 +554,8 @@ class Tracker:
             return
         self.mlflow = mlflow
         previous = run_id_path.read_text().strip() if run_id_path.exists() else None
+        # A resumed run keeps the params it logged (MLflow refuses to change them).
+        self.continued = previous is not None
         if os.environ.get("MLFLOW_RUN_ID") or previous is None:
             run = mlflow.start_run()
         else:
@@ -462,7 +563,7 @@ class Tracker:
         _write_atomic(run_id_path, run.info.run_id)
 
     def params(self, params: dict[str, Any]) -> None:
-        if self.mlflow:
+        if self.mlflow and not self.continued:
             self.mlflow.log_params(params)
 
     def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -500,19 +601,153 @@ def write_reports(
 # ---------------------------------------------------------------------------- main
 
 
-def train(config: Config, data: Mnist, runtime: Any) -> dict[str, Any] | None:
-    """Run (or resume) training; returns the final metrics on the chief, else None."""
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class SignalGuard:
+    """SIGINT (Ctrl-C) and SIGTERM (Azure ML's low-priority eviction) end training cleanly.
+
+    The handler raises ``Interrupted`` between steps; inside ``critical()`` (a checkpoint or
+    output being written) it waits for the block to end, so a signal never leaves half a
+    checkpoint. ``main`` turns it into one line and exit status 128 + the signal number.
+    """
+
+    def __init__(self) -> None:
+        self.saved_epoch = 0  # the last epoch whose checkpoint is on disk
+        self.total_epochs = 0
+        self._depth = 0
+        self._pending: int | None = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self._depth:
+            self._pending = signum
+            return
+        raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def critical(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if not self._depth and self._pending is not None:
+            signum, self._pending = self._pending, None
+            raise Interrupted(signum)
+
+    def message(self, signum: int) -> str:
+        name = signal.Signals(signum).name
+        if not self.saved_epoch:
+            return f"interrupted ({name}) before the first epoch finished; rerun to start again"
+        return (
+            f"interrupted ({name}) after epoch {self.saved_epoch} of {self.total_epochs}; "
+            "rerun the same command to resume"
+        )
+
+
+def run_record(config: Config, runtime: Any, data: Mnist) -> dict[str, Any]:
+    """What produces this run's checkpoints: the flags that change shapes or results, the
+    runtime, and the data (see training/resume.py)."""
+    import keras
+    import tensorflow as tf
+
+    from training.data import fingerprint
+    from training.model import NUM_CLASSES, NUM_PIXELS
+
+    layers = [NUM_PIXELS, config.first_layer_neurons, config.second_layer_neurons, NUM_CLASSES]
+    return {
+        "layers": layers,
+        "dropout": config.dropout,
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "epochs": config.epochs,
+        "seed": config.seed,
+        "label_smoothing": LABEL_SMOOTHING,
+        "warmup_fraction": WARMUP_FRACTION,
+        "distribution": runtime.kind,
+        "replicas": runtime.num_replicas,
+        "workers": runtime.num_workers,
+        "tensorflow_major": int(tf.__version__.split(".")[0]),
+        "keras_major": int(keras.__version__.split(".")[0]),
+        "data_sha256": fingerprint(data),
+    }
+
+
+def plan_run(config: Config, runtime: Any, data: Mnist) -> resume.Plan:
+    """Fresh, resume or finished, decided by the chief for every worker; raises
+    ``ResumeRefused`` on every worker when the checkpoints belong to another run."""
+    output_dir = Path(config.output_dir)
+    checkpoint_dir = output_dir / "checkpoints"
+    try:
+        decided = resume.plan(
+            checkpoint_dir, run_record(config, runtime, data), restart=config.restart
+        )
+        verdict: tuple[str, str] = (decided.action, "")
+    except resume.ResumeRefused as exc:
+        decided, verdict = None, ("refused", str(exc))
+    action, reason = runtime.share_from_chief(verdict, "resume_plan")
+    if action == "refused":
+        raise resume.ResumeRefused(reason)
+    record = decided.record if decided else run_record(config, runtime, data)
+    if action == "finished" and not (output_dir / "model").exists():
+        action = "resume"  # outputs lost after the last epoch: write them again, train nothing
+    return resume.Plan(action, record)
+
+
+def _start_fresh(checkpoint_dir: Path, record: dict[str, Any]) -> None:
+    """The chief clears old checkpoints (only --restart or a folder without any gets here)
+    and records what produces the new ones."""
+    try:
+        resume.discard(checkpoint_dir)
+        _write_atomic(
+            checkpoint_dir / resume.RECORD_NAME, resume.record_text(record, finished=False)
+        )
+    except OSError as exc:
+        raise OutputError(
+            f"{describe_os_error(exc, 'the checkpoints folder', checkpoint_dir)}. Fix the "
+            "folder or choose another --output-dir."
+        ) from None
+
+
+def train(
+    config: Config, data: Mnist, runtime: Any, guard: SignalGuard | None = None
+) -> dict[str, Any] | None:
+    """Run, resume or finish training; returns the final metrics on the chief, else None
+    (also when the folder already holds this run, finished: nothing is written then)."""
     import keras
 
+    guard = guard or SignalGuard()
+    guard.total_epochs = config.epochs
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = output_dir / "checkpoints"
+    chief = runtime.is_chief
+    decided = plan_run(config, runtime, data)
+    if decided.action == "finished":
+        if chief:
+            print(
+                f"{output_dir} already holds this run, finished after {config.epochs} epochs: "
+                "nothing to do, nothing changed. Pass --restart to train it again."
+            )
+        return None
+    if chief and decided.action == "fresh":
+        with guard.critical():
+            _start_fresh(checkpoint_dir, decided.record)
     keras.utils.set_random_seed(config.seed)
     trainer = Trainer(config, runtime, data)
     checkpoints = Checkpoints(trainer, output_dir)
-    start, history = checkpoints.restore()
+    start, history = (0, []) if decided.action == "fresh" else checkpoints.restore()
     start = runtime.after_restore(start, trainer.model, trainer.optimizer)
-    chief = runtime.is_chief
-    tracker = Tracker(config.tracking and chief, output_dir / "checkpoints" / "mlflow_run_id")
+    guard.saved_epoch = start
+    tracker = Tracker(config.tracking and chief, checkpoint_dir / "mlflow_run_id")
     if chief:
         if start:
             print(f"Resuming from the checkpoint after epoch {start} in {checkpoints.directory}")
@@ -547,14 +782,18 @@ def train(config: Config, data: Mnist, runtime: Any) -> dict[str, Any] | None:
             )
         )
         history.append(row)
-        checkpoints.save(epoch + 1, history)
+        # Logged before the checkpoint: an epoch is either in MLflow and the checkpoint, or
+        # trained (and logged) again after a kill.
+        tracker.metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+        with guard.critical():
+            checkpoints.save(epoch + 1, history)
+            guard.saved_epoch = epoch + 1
         if chief:
             print(
                 f"epoch {epoch + 1}/{config.epochs}  loss {loss:.4f}  acc {accuracy:.4f}  "
                 f"test_loss {test_loss:.4f}  test_acc {test_accuracy:.4f}  ({seconds:.1f}s)",
                 flush=True,
             )
-            tracker.metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
     checkpoints.close()
     runtime.barrier()
     if not chief:
@@ -563,27 +802,83 @@ def train(config: Config, data: Mnist, runtime: Any) -> dict[str, Any] | None:
     metrics = {
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
-        "epochs": config.epochs,
+        "epochs": len(history),  # in total, over every invocation
+        "resumed_from_epoch": start,
+        "epochs_this_run": config.epochs - start,
         "train_seconds": round(train_seconds, 3),
         "examples_per_second": round(examples / fresh_seconds, 1) if fresh_seconds else None,
-        "resumed_from_epoch": start,
         "distribution": runtime.kind,
         "replicas": runtime.num_replicas,
         "workers": runtime.num_workers,
         "global_batch_size": trainer.global_batch,
     }
-    save_model(trainer.model, output_dir / "model")
-    paths = write_reports(output_dir, history, metrics, trainer.y_test, predictions)
+    with guard.critical():
+        paths = _write_outputs(output_dir, trainer, history, metrics, predictions)
+        _write_atomic(
+            checkpoint_dir / resume.RECORD_NAME, resume.record_text(decided.record, finished=True)
+        )
     tracker.artifacts(paths)
     tracker.end()
     return metrics
 
 
+def _write_outputs(
+    output_dir: Path,
+    trainer: Trainer,
+    history: list[dict[str, float]],
+    metrics: dict[str, Any],
+    predictions: np.ndarray,
+) -> list[Path]:
+    """The model, then metrics.json and the pictures; a write error names what failed and
+    that the last checkpoint can write them again."""
+    try:
+        save_model(trainer.model, output_dir / "model", example=trainer.x_test)
+        return write_reports(output_dir, history, metrics, trainer.y_test, predictions)
+    except _tf_write_error() as exc:
+        raise OutputError(
+            f"{_describe_write_error(exc, 'the outputs in', output_dir)}. The checkpoint after "
+            f"the last epoch is intact: free space or fix the folder, then rerun the same "
+            "command to write the outputs from it (no epoch is trained again)."
+        ) from None
+
+
+def prepare_output_dir(path: Path) -> None:
+    """Create ``--output-dir`` and prove a file can be created in it, before TensorFlow loads."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.is_file()), path)
+        where = "is a file" if blocker == path else f"is under {blocker}, which is a file"
+        raise OutputError(
+            f"--output-dir {path} {where}, not a folder. Choose another --output-dir, or move "
+            f"{blocker} away."
+        ) from None
+    except OSError as exc:
+        raise OutputError(
+            f"--output-dir {path} cannot be used: "
+            f"{describe_os_error(exc, 'into', exc.filename or path)}. Choose a folder you can "
+            "write to (on Azure ML, the job's outputs folder)."
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    guard = SignalGuard()
+    guard.install()
     try:
+        return _run(config, guard)
+    except Interrupted as exc:
+        print(guard.message(exc.signum), file=sys.stderr, flush=True)
+        return 128 + exc.signum
+
+
+def _run(config: Config, guard: SignalGuard) -> int:
+    try:
+        prepare_output_dir(Path(config.output_dir))
         data = load_mnist(config.data_folder)
-    except DataError as exc:
+    except (OutputError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from training.distribute import ClusterConfigError, detect_runtime
@@ -596,10 +891,13 @@ def main(argv: list[str] | None = None) -> int:
     if runtime is None:  # this process served a parameter-server cluster role
         return 0
     try:
-        metrics = train(config, data, runtime)
-    except UsageError as exc:
+        metrics = train(config, data, runtime, guard)
+    except (UsageError, resume.ResumeRefused, RestoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if metrics is not None:
         print(json.dumps(metrics, indent=2))
     return 0
