@@ -8,14 +8,20 @@ leaves a model and metrics in its output folder.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
 
 from scripts import UserError
 from scripts.jobspec import JOBS_DIR, load_spec, local_plan, parse_sets
-from scripts.localjob import run_plan, tasks_for
+from scripts.launch import horovod_tasks
+from scripts.localjob import run_plan
+from training.distribute import parse_tf_config, promote_chief
 
 
 def run_job(run_python, tmp_path: Path, spec: str, *sets: str):
@@ -88,16 +94,88 @@ def test_a_failing_process_fails_the_run_with_its_status(run_python, tmp_path: P
     assert "job job failed (exit status 2)" in result.stderr
 
 
-def test_the_parameter_server_spec_starts_azure_mls_tasks() -> None:
-    plan = local_plan(load_spec(JOBS_DIR / "parameter_server.yml"))
-    tasks = tasks_for(plan, "python -m training.train")
-    configs = [json.loads(task.env["TF_CONFIG"]) for task in tasks]
-    assert [task.name for task in tasks] == ["worker 0", "worker 1", "worker 2", "ps 0"]
+# What each process of a job is given, seen from inside it: a stub in place of training.
+DUMP_ENV = """\
+import json, os, sys
+task = json.loads(os.environ["TF_CONFIG"])["task"]
+print(task["type"], task["index"])
+with open(os.path.join(sys.argv[1], f"env-{os.getpid()}.json"), "w") as out:
+    json.dump(dict(os.environ), out)
+"""
+
+
+def environments_of_a_run(tmp_path: Path, spec: str) -> tuple[list[dict[str, str]], str]:
+    """Run ``spec``'s processes with the stub as the command; (each one's env, the log)."""
+    (tmp_path / "dump_env.py").write_text(DUMP_ENV)
+    plan = local_plan(load_spec(JOBS_DIR / spec))
+    stub = dataclasses.replace(
+        plan, command_template=f"python {tmp_path / 'dump_env.py'} ${{{{outputs.run}}}}"
+    )
+    log = io.StringIO()
+    result = run_plan(stub, outputs_root=tmp_path / "out", job_name="env", sink=log, timeout=60)
+    assert result.status == 0, log.getvalue()
+    dumps = sorted((tmp_path / "out" / "env" / "run").glob("env-*.json"))
+    return [json.loads(path.read_text()) for path in dumps], log.getvalue()
+
+
+def test_each_parameter_server_process_gets_its_own_task_as_on_azure_ml(tmp_path: Path) -> None:
+    environments, log = environments_of_a_run(tmp_path, "parameter_server.yml")
+    configs = [json.loads(env["TF_CONFIG"]) for env in environments]
+    tasks = sorted((c["task"]["type"], c["task"]["index"]) for c in configs)
+    assert tasks == [("ps", 0), ("worker", 0), ("worker", 1), ("worker", 2)]
+    for name in ("worker 0", "worker 1", "worker 2", "ps 0"):  # the log's task is its TF task
+        assert f"[{name}] {name}\n" in log
     cluster = configs[0]["cluster"]
-    assert set(cluster) == {"worker", "ps"} and len(cluster["worker"]) == 3  # no chief
-    assert all(config["cluster"] == cluster for config in configs)
-    assert all(task.command == ["bash", "-c", "python -m training.train"] for task in tasks)
-    assert plan.environment_variables == {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+    assert all(c["cluster"] == cluster and c["environment"] == "cloud" for c in configs)
+    assert set(cluster) == {"worker", "ps"}  # Azure ML names no chief
+    addresses = cluster["worker"] + cluster["ps"]
+    assert len(addresses) == 4 and len(set(addresses)) == 4
+    assert all(re.fullmatch(r"127\.0\.0\.1:\d{2,5}", address) for address in addresses)
+    # training promotes worker 0 to chief, as it must on Azure ML; the others shift down
+    roles = {
+        (c["task"]["type"], c["task"]["index"]): promote_chief(parse_tf_config(json.dumps(c)))
+        for c in configs
+    }
+    assert {key: config["task"] for key, config in roles.items()} == {
+        ("worker", 0): {"type": "chief", "index": 0},
+        ("worker", 1): {"type": "worker", "index": 0},
+        ("worker", 2): {"type": "worker", "index": 1},
+        ("ps", 0): {"type": "ps", "index": 0},
+    }
+    assert roles[("worker", 0)]["cluster"]["chief"] == cluster["worker"][:1]
+    # Azure ML's other variables and the spec's reach every process
+    assert {env["AZUREML_RUN_ID"] for env in environments} == {"env"}
+    assert {env["TF_FORCE_GPU_ALLOW_GROWTH"] for env in environments} == {"true"}
+
+
+def test_each_multi_worker_process_gets_its_own_worker_index(tmp_path: Path) -> None:
+    environments, log = environments_of_a_run(tmp_path, "multi_worker.yml")
+    configs = [json.loads(env["TF_CONFIG"]) for env in environments]
+    assert sorted((c["task"]["type"], c["task"]["index"]) for c in configs) == [
+        ("worker", 0),
+        ("worker", 1),
+    ]
+    assert "[worker 0] worker 0\n" in log and "[worker 1] worker 1\n" in log
+    cluster = configs[0]["cluster"]
+    assert cluster["ps"] == []  # as Azure ML writes it when there are none
+    assert len(set(cluster["worker"])) == 2
+    assert all(address.startswith("127.0.0.1:") for address in cluster["worker"])
+
+
+def test_horovodrun_runs_every_rank_on_loopback() -> None:
+    (task,) = horovod_tasks(["bash", "-c", "python -m training.train"], 2, "/hvd/bin/python")
+    assert task.command == [
+        "/hvd/bin/horovodrun",
+        "--gloo",
+        "-np",
+        "2",
+        "-H",
+        "127.0.0.1:2",
+        "bash",
+        "-c",
+        "python -m training.train",
+    ]
+    assert task.env["PATH"].split(os.pathsep)[0] == "/hvd/bin"
 
 
 def test_a_run_never_writes_over_an_earlier_one(tmp_path: Path) -> None:
