@@ -62,10 +62,21 @@ def test_default_run_reaches_98_percent_and_writes_every_output(mnist_dir, tmp_p
     assert len(client.get_metric_history(run_id, "test_loss")) == 6
 
 
-def _wait_for_epoch(history: Path, epoch: int, process: subprocess.Popen, limit: float) -> None:
+def checkpointed_epoch(checkpoints: Path) -> int:
+    """The epoch of the latest checkpoint the state file names (0 before the first)."""
+    state = checkpoints / "checkpoint"
+    if not state.exists():
+        return 0
+    for line in state.read_text().splitlines():
+        if line.startswith("model_checkpoint_path:"):
+            return int(line.split('"')[1].rsplit("-", 1)[1])
+    return 0
+
+
+def wait_for_checkpoint(out: Path, epoch: int, process: subprocess.Popen, limit: float) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        if history.exists() and len(json.loads(history.read_text() or "[]")) >= epoch:
+        if checkpointed_epoch(out / "checkpoints") >= epoch:
             return
         if process.poll() is not None:
             pytest.fail(f"training exited early: {process.stdout.read()[-3000:]}")
@@ -73,21 +84,60 @@ def _wait_for_epoch(history: Path, epoch: int, process: subprocess.Popen, limit:
     pytest.fail(f"no checkpoint for epoch {epoch} within {limit} s")
 
 
+def assert_restore_gives_the_saved_state(out: Path, data, args: list[str]) -> None:
+    """A second Trainer restoring ``out``'s latest checkpoint holds exactly the values stored
+    in it: every weight, both Adam slots of every weight, the step count and the epoch."""
+    import tensorflow as tf
+
+    from training.distribute import Runtime
+    from training.train import Checkpoints, Trainer, parse_args
+
+    latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
+    reader = tf.train.load_checkpoint(latest)
+    stored = reader.get_variable_to_shape_map()
+    trainer = Trainer(parse_args(args), Runtime("single", tf.distribute.get_strategy()), data)
+    fresh_kernel = trainer.model.get_layer("hidden1").kernel.numpy().copy()
+    start, _ = Checkpoints(trainer, out).restore()
+    assert start == int(latest.rsplit("-", 1)[1])
+
+    # Weights and slots are matched by value: the checkpoint's own paths for them are
+    # Keras internals (the weights are stored once, under the optimizer that tracks them).
+    def ordered(arrays) -> list[np.ndarray]:
+        return sorted(arrays, key=lambda a: (a.shape, float(a.sum())))
+
+    saved = ordered(reader.get_tensor(key) for key, shape in stored.items() if shape)
+    weights = [v.numpy() for v in trainer.model.weights]
+    slots = [v.numpy() for v in trainer.optimizer.variables if len(v.shape)]
+    assert (len(weights), len(slots), len(saved)) == (6, 12, 18)  # 3 Dense x (kernel, bias)
+    for got, want in zip(ordered(weights + slots), saved, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(trainer.model.get_layer("hidden1").kernel.numpy(), fresh_kernel)
+    assert all(np.abs(slot).sum() > 0 for slot in slots), "Adam slots restored as zeros"
+    iterations = next(key for key in stored if "iterations" in key)
+    assert int(trainer.optimizer.iterations.numpy()) == int(reader.get_tensor(iterations)) > 0
+
+
 def test_killed_run_resumes_from_its_checkpoint_and_finishes_as_well(mnist_dir, tmp_path):
+    """SIGKILL (eviction) after epoch 2, then the same command: the restore gives back the
+    saved weights and optimizer state, the run continues its MLflow run, and the metrics say
+    what happened."""
     out = tmp_path / "outputs"
-    command = [sys.executable, "-m", "training.train", "--output-dir", str(out), "--no-tracking"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = ["--output-dir", str(out)]
+    command = [sys.executable, "-m", "training.train", *args]
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": tracking_uri}
     first = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        _wait_for_epoch(out / "checkpoints" / "history.json", 2, first, limit=300)
+        wait_for_checkpoint(out, 2, first, limit=300)
         first.send_signal(signal.SIGKILL)  # eviction: no warning, no clean-up
     finally:
         first.kill()
         first.wait()
     assert not (out / "metrics.json").exists(), "the run finished before it could be killed"
-    done = len(json.loads((out / "checkpoints" / "history.json").read_text()))
+    done = checkpointed_epoch(out / "checkpoints")
+    assert_restore_gives_the_saved_state(out, load_mnist(mnist_dir), args)
 
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -95,9 +145,22 @@ def test_killed_run_resumes_from_its_checkpoint_and_finishes_as_well(mnist_dir, 
     assert "epoch 1/6" not in second.stdout  # finished epochs are not trained again
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["resumed_from_epoch"] == done >= 2
+    assert metrics["epochs"] == 6 and metrics["epochs_this_run"] == 6 - done
     assert metrics["test_accuracy"] >= 0.98
     history = json.loads((out / "checkpoints" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]
+
+    # One MLflow run across both processes, with a test loss for every epoch.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    runs = client.search_runs(experiment_ids=["0"])
+    assert [run.info.run_id for run in runs] == [
+        (out / "checkpoints" / "mlflow_run_id").read_text().strip()
+    ]
+    steps = {point.step for point in client.get_metric_history(runs[0].info.run_id, "test_loss")}
+    assert steps == {1, 2, 3, 4, 5, 6}
+    assert runs[0].data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
 
 
 def _run_cluster(tmp_path: Path, workers: int, ps: int, epochs: int) -> dict:
