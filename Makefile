@@ -13,7 +13,7 @@ export MNIST_DATA_DIR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo train test test-fast lint format bench test-infra preflight \
-	horovod-env train-horovod serve test-serving bench-serving test-jobs
+	horovod-env train-horovod serve test-serving bench-serving test-jobs lint-workflows
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -33,7 +33,7 @@ demo: $(STAMP) ## Run the main job end to end on the local default (train on MNI
 train: $(STAMP) ## Train once with the default hyperparameters into ./outputs
 	$(PY) -m training.train
 
-test: $(STAMP) ## Run the whole test suite (lint included)
+test: $(STAMP) lint-workflows ## Run the whole test suite (lint included)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
@@ -66,6 +66,17 @@ train-horovod: ## Train with Horovod on NP local processes (default 2) over Gloo
 
 lint: $(STAMP) ## Lint and check formatting with ruff
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+# zizmor: GitHub Actions security audit (offline, no API calls; pedantic: code smells too).
+# check-jsonschema: the SchemaStore workflow schema inside the package. Both always run; the
+# target fails when either finds anything.
+WORKFLOWS ?= .github/workflows
+lint-workflows: $(STAMP) ## Lint the GitHub workflows: zizmor --offline and the workflow JSON schema
+	@status=0; \
+	$(VENV)/bin/zizmor --offline --no-progress --pedantic $(WORKFLOWS)/*.yml || status=1; \
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows $(WORKFLOWS)/*.yml \
+		|| status=1; \
+	exit $$status
 
 format: $(STAMP) ## Fix lint and format with ruff
 	$(PY) -m ruff check --fix . && $(PY) -m ruff format .
