@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,17 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_OUTPUTS,
         help="where each run's outputs go, in a folder named after the job (default %(default)s)",
     )
-    run.add_argument("--name", help="job name (default: <spec>-<date>-<time>)")
-    run.add_argument("--timeout", type=float, help="stop every process after this many seconds")
+    run.add_argument(
+        "--name",
+        type=_job_name,
+        help="job name: letters, digits, '-', '_' (default: <spec>-<date>-<time>)",
+    )
+    run.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="stop every process after this many seconds",
+    )
     run.set_defaults(func=cmd_run)
 
     submit = subparsers.add_parser(
@@ -113,6 +123,25 @@ def _spec_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override the spec, e.g. inputs.epochs=2 or inputs.mnist=DIR (repeatable)",
     )
+
+
+def _job_name(text: str) -> str:
+    from scripts.localjob import check_job_name
+
+    try:
+        return check_job_name(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
+    return value
 
 
 # ---------------------------------------------------------------------------- run

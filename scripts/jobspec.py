@@ -16,6 +16,7 @@ typed).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
@@ -94,7 +95,8 @@ def parse_sets(items: Iterable[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
-def _load_job(path: Path, overrides: Sequence[dict[str, Any]] = ()) -> Any:
+def _load_job(path: Path, overrides: Sequence[dict[str, Any]] = (), sets: str = "") -> Any:
+    """azure-ai-ml's ``load_job``; ``sets`` names the ``--set`` options when they are to blame."""
     quiet_sdk()
     from azure.ai.ml import load_job
     from azure.ai.ml.exceptions import ValidationException
@@ -103,6 +105,8 @@ def _load_job(path: Path, overrides: Sequence[dict[str, Any]] = ()) -> Any:
     try:
         return load_job(path, params_override=list(overrides))
     except (ValidationError, ValidationException) as exc:
+        if sets:
+            raise UserError(f"{sets} makes {_rel(path)} invalid: {_first_error(exc)}") from None
         raise UserError(
             f"{_rel(path)} is not a valid Azure ML job spec: {_first_error(exc)}"
         ) from None
@@ -129,20 +133,64 @@ def load_spec(
 ) -> Spec:
     """Load a job spec with azure-ai-ml's ``load_job`` and apply ``--set`` overrides.
 
-    Raises ``UserError`` for a missing file, an invalid spec or an override that names no input.
+    Raises ``UserError`` for a missing, unreadable or non-UTF-8 file, an invalid spec, a
+    component file that does not exist, or an override that names no input or a bad value.
     """
     path = Path(path)
-    if not path.is_file():
-        hint = ", ".join(sorted(p.name for p in JOBS_DIR.glob("*.yml")))
-        raise UserError(f"no job spec at {path} (the specs are in {_rel(JOBS_DIR)}: {hint})")
+    _check_spec_file(path)
     base = _load_job(path)
     step_name = _single_step(base, path)
     overrides = tuple(
         _override(base, step_name, key, value, cwd or Path.cwd()) for key, value in sets
     )
-    job = _load_job(path, overrides) if overrides else base
+    named = " ".join(f"--set {key}={_shown(value)}" for key, value in sets)
+    job = _load_job(path, overrides, named) if overrides else base
     _apply_step_environment(job, step_name)
     return Spec(path.resolve(), job, step_name, overrides)
+
+
+def _shown(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _check_spec_file(path: Path) -> None:
+    """Refuse what ``load_job`` would answer with a traceback or an obscure message."""
+    hint = ", ".join(sorted(p.name for p in JOBS_DIR.glob("*.yml")))
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a job spec: name a file, e.g. {hint}")
+    if not path.is_file():
+        raise UserError(f"no job spec at {path} (the specs are in {_rel(JOBS_DIR)}: {hint})")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read the job spec {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}): a job spec is a YAML file; save it as UTF-8"
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return  # load_job says where the syntax breaks
+    for step_name, reference in _component_files(raw):
+        component = (path.parent / reference).resolve()
+        if not component.is_file():
+            raise UserError(
+                f"{_rel(path)}: step {step_name!r} runs the component file {reference}, "
+                f"which does not exist at {component}: fix the path (relative to the spec)"
+            )
+
+
+def _component_files(raw: Any) -> list[tuple[str, str]]:
+    """(step, path) for each pipeline step whose component (or trial) is a local file."""
+    steps = raw.get("jobs") if isinstance(raw, dict) else None
+    found = []
+    for name, step in steps.items() if isinstance(steps, dict) else ():
+        reference = step.get("component") or step.get("trial") if isinstance(step, dict) else None
+        if isinstance(reference, str) and not reference.startswith("azureml:"):
+            found.append((str(name), reference))
+    return found
 
 
 def _apply_step_environment(job: Any, step_name: str | None) -> None:
@@ -187,6 +235,8 @@ def _override(job: Any, step_name: str | None, key: str, value: Any, cwd: Path) 
     prefix = f"jobs.{step_name}.inputs.{name}" if step_name else f"inputs.{name}"
     input_type = _input_type(declared[name], step.inputs.get(name))
     if input_type in DATA_TYPES:
+        if not str(value).strip():
+            raise UserError(f"--set {key}=: give a folder, e.g. --set {key}=/data/mnist")
         local = Path(str(value)).expanduser()
         local = local if local.is_absolute() else cwd / local
         path = str(local.resolve()) if local.exists() else str(value)
@@ -207,14 +257,20 @@ def _check_literal(key: str, declared: Any, value: Any) -> None:
     expected = _LITERAL_TYPES.get(str(getattr(declared, "type", "")))
     if expected is None:
         return
-    if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
-        raise UserError(
-            f"--set {key}={value}: expected {'a' if expected != (int,) else 'an'} {declared.type}"
-        )
+    shown = _shown(value)
+    if (
+        not isinstance(value, expected)
+        or (isinstance(value, bool) and bool not in expected)
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
+        finite = "finite " if isinstance(value, float) and not math.isfinite(value) else ""
+        noun = f"{finite}{declared.type}"
+        article = "an" if noun[0] in "aeiou" else "a"
+        raise UserError(f"--set {key}={shown}: expected {article} {noun}")
     low, high = getattr(declared, "min", None), getattr(declared, "max", None)
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-        raise UserError(f"--set {key}={value}: must be {bounds}")
+        raise UserError(f"--set {key}={shown}: must be {bounds}")
 
 
 def _input_type(declared: Any, bound: Any) -> str | None:

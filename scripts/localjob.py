@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +30,9 @@ from scripts.launch import Task, horovod_tasks, run_tasks, tensorflow_tasks
 
 # distribution type -> function(plan, argv) -> the processes to start
 Launcher = Callable[[LocalPlan, list[str]], list[Task]]
+
+# Azure ML's rule for a job name; here it also names a folder, so it must stay one folder
+JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,254}")
 
 
 def _tensorflow(plan: LocalPlan, argv: list[str]) -> list[Task]:
@@ -67,9 +71,50 @@ class LocalRun:
 
 
 def job_name_for(plan: LocalPlan, now: float | None = None) -> str:
-    """``<spec name>-<YYYYmmdd-HHMMSS>``: unique per second, sortable, readable."""
+    """``<spec name>-<YYYYmmdd-HHMMSS>``: unique per second, sortable, readable (characters
+    of the spec's name that a job name cannot hold become ``_``)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    return f"{plan.spec.path.stem}-{stamp}"
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_", plan.spec.path.stem).lstrip("_-") or "job"
+    return f"{stem[:230]}-{stamp}"
+
+
+def check_job_name(name: str) -> str:
+    """``name`` if it is a job name Azure ML accepts (and so one folder under the outputs)."""
+    if not JOB_NAME.fullmatch(name):
+        raise UserError(
+            f"job name {name!r} is not valid: use 1-255 letters, digits, '-' and '_', starting "
+            "with a letter or digit (as Azure ML names jobs); it names the folder OUTPUTS/NAME"
+        )
+    return name
+
+
+def prepare_outputs(outputs_root: Path, job_name: str, names: list[str]) -> dict[str, Path]:
+    """Make a fresh folder ``OUTPUTS/<job name>/<output>`` for each output.
+
+    Raises ``UserError`` when OUTPUTS is no folder, cannot be written, or already holds this
+    job's run (a run never writes over an earlier one).
+    """
+    root = outputs_root.resolve()
+    job_dir = root / check_job_name(job_name)
+    for folder in (job_dir, *job_dir.parents):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(
+                f"{folder} is a file, not a folder: point --outputs at a folder "
+                "(it is made if missing)"
+            )
+    if job_dir.is_dir() and any(job_dir.iterdir()):
+        raise UserError(f"{job_dir} already holds a run: choose another --name or remove it")
+    outputs = {name: job_dir / name for name in names}
+    try:
+        for folder in outputs.values():
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = exc.filename or root
+        raise UserError(
+            f"cannot make the output folder {where}: {exc.strerror}; "
+            "point --outputs at a folder you can write"
+        ) from None
+    return outputs
 
 
 def azureml_environment(plan: LocalPlan, job_name: str) -> dict[str, str]:
@@ -108,17 +153,14 @@ def run_plan(
 ) -> LocalRun:
     """Run the step to completion; returns its status, outputs and the metrics training wrote."""
     sink = sink or sys.stdout
-    job_name = job_name or job_name_for(plan)
-    job_dir = (outputs_root / job_name).resolve()
-    if job_dir.exists() and any(job_dir.iterdir()):
-        raise UserError(f"{job_dir} already holds a run: choose another --name or remove it")
+    job_name = check_job_name(job_name or job_name_for(plan))
+    job_dir = outputs_root.resolve() / job_name
     outputs = {name: job_dir / name for name in plan.outputs}
     command = render_command(
         plan.command_template, plan.inputs, {k: str(v) for k, v in outputs.items()}
     )
     tasks = tasks_for(plan, command)
-    for folder in outputs.values():
-        folder.mkdir(parents=True, exist_ok=True)
+    outputs = prepare_outputs(outputs_root, job_name, plan.outputs)
     base_env = dict(os.environ if env is None else env)
     # `python` in the command is this interpreter: the local stand-in for the job's environment.
     interpreter_dir = str(Path(sys.executable).parent)
