@@ -7,10 +7,11 @@ value missing from the stack means the declared default, whoever reads it.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,18 @@ DATASETS_CONTAINER = "datasets"
 DATASETS_DATASTORE = "datasets"
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_PLACEHOLDER_GUID = "00000000-0000-0000-0000-000000000000"
 _PROJECT = re.compile(r"^[a-z][a-z0-9]{1,9}$")
 _ENVIRONMENT = re.compile(r"^[a-z0-9]{1,6}$")
 _TYPES = ("string", "integer", "boolean", "array")
+
+# Azure's tag limits (Azure Resource Manager, "Use tags to organize your Azure resources"):
+# values up to 256 characters; names up to 512, but up to 128 on storage accounts, and every
+# taggable resource here (the storage account included) gets the same tags; names must not
+# contain any of < > % & \ ? /.
+TAG_VALUE_MAX = 256
+TAG_NAME_MAX = 128
+TAG_NAME_FORBIDDEN = "<>%&\\?/"
 
 
 class ConfigError(ValueError):
@@ -64,6 +74,7 @@ class ProjectFile:
 
     name: str
     settings: Mapping[str, Setting]
+    source: Path = PROJECT_FILE
 
 
 def load_project(path: Path = PROJECT_FILE) -> ProjectFile:
@@ -92,7 +103,7 @@ def load_project(path: Path = PROJECT_FILE) -> ProjectFile:
         settings[key] = Setting(key, decl["type"], str(decl["description"]), decl["default"])
     if problems:
         raise ConfigError(problems)
-    return ProjectFile(document["name"], settings)
+    return ProjectFile(document["name"], settings, path)
 
 
 @dataclass(frozen=True)
@@ -144,16 +155,68 @@ class InfraConfig:
     @property
     def tags(self) -> dict[str, str]:
         """Tags for every taggable resource (cost tracking)."""
-        return {
-            "project": self.project,
-            "environment": self.environment,
-            "owner": self.owner,
-            "managed-by": "pulumi",
-        }
+        return cost_tags(self.project, self.environment, self.owner)
 
     @property
     def clusters(self) -> tuple[ClusterSpec, ...]:
         return (self.gpu,) if self.cpu is None else (self.gpu, self.cpu)
+
+
+def cost_tags(project: str, environment: str, owner: str) -> dict[str, str]:
+    """The tags of every taggable resource; each is named after the config key it comes from."""
+    return {
+        "project": project,
+        "environment": environment,
+        "owner": owner,
+        "managed-by": "pulumi",
+    }
+
+
+def tag_problems(tags: Mapping[str, str], declared: Collection[str]) -> list[str]:
+    """Azure's limits on tag names and values, each problem named after the config key that
+    sets the tag (``declared``: the project's config keys) or, for a fixed tag, the tag."""
+    problems: list[str] = []
+    for name, value in tags.items():
+        where = name if name in declared else f"tag {name!r}"
+        bad = sorted({c for c in name if c in TAG_NAME_FORBIDDEN})
+        if bad:
+            problems.append(
+                f"{where}: tag name {name!r} contains {' '.join(bad)}; Azure tag names must "
+                f"not contain any of {' '.join(TAG_NAME_FORBIDDEN)}"
+            )
+        if len(name) > TAG_NAME_MAX:
+            problems.append(
+                f"{where}: tag name is {len(name)} characters; Azure allows at most "
+                f"{TAG_NAME_MAX} on storage accounts"
+            )
+        if len(value) > TAG_VALUE_MAX:
+            problems.append(
+                f"{where}: {len(value)} characters is too long for an Azure tag value "
+                f"(the {name!r} tag on every resource); allowed: at most {TAG_VALUE_MAX}"
+            )
+    return problems
+
+
+def unknown_key_problems(keys: Collection[str], project: ProjectFile) -> list[str]:
+    """One problem per key that ``Pulumi.yaml`` does not declare (a typo, mostly), naming the
+    closest declared key; the Pulumi program and ``preflight`` both refuse such keys here."""
+    lowered = {key.lower(): key for key in project.settings}
+    problems = []
+    for key in keys:
+        if key in project.settings:
+            continue
+        close = difflib.get_close_matches(key.lower(), list(lowered), n=1)
+        guess = (
+            f"did you mean {lowered[close[0]]}?"
+            if close
+            else f"no declared key is close; declared: {_allowed(sorted(project.settings))}"
+        )
+        problems.append(
+            f"{key}: unknown key for project {project.name} ({guess}); the project's keys are "
+            f"declared under `config:` in {project.source.name}. Rename or remove it "
+            f"(`pulumi config rm {key}`)"
+        )
+    return problems
 
 
 def _allowed(values: Any) -> str:
@@ -239,23 +302,52 @@ class _Reader:
         return next(iter(catalog))
 
 
-def validate_config(
-    values: Mapping[str, Any],
-    project: ProjectFile | None = None,
-    *,
-    reject_unknown: bool = True,
-) -> InfraConfig:
+def _principals(read: _Reader) -> list[Principal]:
+    """The data scientists, each object ID once: a duplicate (object IDs are case-insensitive)
+    or an ID listed as both a user and a group is refused rather than dropped, since it is
+    usually a pasted ID where another was meant, and only the person can tell which."""
+    principals: list[Principal] = []
+    listed_in: dict[str, list[str]] = {}  # object ID -> the keys that list it
+    for key, kind in (("dataScientistUsers", "User"), ("dataScientistGroups", "Group")):
+        for object_id in read.strings(key):
+            if not _GUID.match(object_id):
+                read.problems.append(
+                    f"{key}: {object_id!r} is not an Entra ID object ID (a GUID; "
+                    "`az ad user show --id <name> --query id -o tsv` prints a user's)"
+                )
+                continue
+            if object_id.lower() == _PLACEHOLDER_GUID:
+                read.problems.append(
+                    f"{key}: {object_id} is the example's placeholder, not a user or group; "
+                    "put the real object ID there"
+                )
+                continue
+            keys = listed_in.setdefault(object_id.lower(), [])
+            if key in keys:
+                read.problems.append(
+                    f"{key}: {object_id} is listed more than once (object IDs ignore case); "
+                    "list each principal once"
+                )
+            elif keys:
+                read.problems.append(
+                    f"{key}: {object_id} is also in {keys[0]}; an object ID is either a user "
+                    "or a group: keep it only in the list of its type"
+                )
+            else:
+                principals.append(Principal(object_id.lower(), kind))
+            keys.append(key)
+    return principals
+
+
+def validate_config(values: Mapping[str, Any], project: ProjectFile | None = None) -> InfraConfig:
     """Turn raw config values (key -> value; missing means the declared default) into an
-    ``InfraConfig``, or raise ``ConfigError`` naming every wrong key and its allowed values."""
+    ``InfraConfig``, or raise ``ConfigError`` naming every wrong key and its allowed values.
+
+    ``values`` must hold every key the stack sets in the project's namespace (not only the
+    declared ones): an undeclared key is refused, never ignored."""
     project = project or load_project()
     read = _Reader(values, project)
-    if reject_unknown:
-        for key in values:
-            if key not in project.settings:
-                read.problems.append(
-                    f"{key}: unknown key for project {project.name}; "
-                    f"known keys: {_allowed(sorted(project.settings))}"
-                )
+    read.problems += unknown_key_problems(list(values), project)
 
     name = read.string("project")
     if not _PROJECT.match(name):
@@ -320,16 +412,7 @@ def validate_config(
             "(the registry has no public endpoint); allowed: true"
         )
 
-    principals: list[Principal] = []
-    for key, kind in (("dataScientistUsers", "User"), ("dataScientistGroups", "Group")):
-        for object_id in read.strings(key):
-            if _GUID.match(object_id):
-                principals.append(Principal(object_id.lower(), kind))
-            else:
-                read.problems.append(
-                    f"{key}: {object_id!r} is not an Entra ID object ID "
-                    "(a GUID such as 00000000-0000-0000-0000-000000000000)"
-                )
+    principals = _principals(read)
 
     retention = read.integer("logRetentionDays", 30, 730)
     prefix = read.string("privateAddressPrefix")
@@ -343,6 +426,7 @@ def validate_config(
             "from /16 to /27 (e.g. 10.42.0.0/24)"
         )
 
+    read.problems += tag_problems(cost_tags(name, environment, owner), project.settings)
     if read.problems:
         raise ConfigError(read.problems)
     return InfraConfig(
@@ -402,7 +486,8 @@ def read_stack_values(
     """The project's keys (namespace stripped) from ``Pulumi.<stack>.yaml``, read offline.
 
     Used where the Pulumi CLI is not needed (``preflight``); the program itself gets the same
-    values from the CLI through ``pulumi.Config``.
+    values from the CLI (``infra.program.stack_config``). Both strip the namespace with
+    ``namespace_values`` and validate with ``validate_config``.
     """
     path = root / f"Pulumi.{stack.split('/')[-1]}.yaml"  # org/project/stack -> stack
     if not path.is_file():
@@ -421,12 +506,24 @@ def read_stack_values(
     config = document.get("config") or {}
     if not isinstance(config, dict):
         raise ConfigError([f"{path.name}: `config` must be a mapping of key: value"])
+    return namespace_values(config, project)
+
+
+def namespace_values(
+    config: Mapping[str, Any], project: ProjectFile, secret_keys: Collection[str] = ()
+) -> dict[str, Any]:
+    """Every key of the project's namespace (``<project>:<key>``, namespace stripped), declared
+    or not, so that ``validate_config`` can refuse the undeclared ones; keys of other
+    namespaces (provider settings such as ``azure-native:location``) are left out.
+
+    ``secret_keys``: full keys that hold secrets (a stack file marks them ``secure:``)."""
     prefix = f"{project.name}:"
     values: dict[str, Any] = {}
-    for key, value in config.items():
-        if not str(key).startswith(prefix):
-            continue  # provider settings such as azure-native:location
-        if isinstance(value, dict) and "secure" in value:
-            raise ConfigError([f"{key[len(prefix) :]}: is a secret; this project declares none"])
-        values[key[len(prefix) :]] = value
+    for full_key, value in config.items():
+        if not str(full_key).startswith(prefix):
+            continue
+        key = full_key[len(prefix) :]
+        if full_key in secret_keys or (isinstance(value, dict) and "secure" in value):
+            raise ConfigError([f"{key}: is a secret; this project declares none"])
+        values[key] = value
     return values

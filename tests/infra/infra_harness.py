@@ -297,11 +297,14 @@ def deploy(config: Mapping[str, Any] | None = None, *, stack: str = "dev") -> De
     return deployment
 
 
-def deploy_error(config: Mapping[str, Any], *, stack: str = "dev") -> tuple[Exception, Deployment]:
-    """Run the program with a config it must refuse: the error, and what got registered."""
+def deploy_error(
+    config: Mapping[str, Any], *, stack: str = "dev", entry_point: bool = False
+) -> tuple[Exception, Deployment]:
+    """Run the program (``entry_point``: as the CLI runs ``infra/``) with a config it must
+    refuse: the error, and what got registered."""
     deployment = Deployment([])
     try:
-        _run(config, stack, deployment)
+        _run(config, stack, deployment, _entry_point if entry_point else program.main)
     except Exception as exc:
         return exc, deployment
     raise AssertionError(f"the program accepted {dict(config)}")
@@ -310,9 +313,14 @@ def deploy_error(config: Mapping[str, Any], *, stack: str = "dev") -> tuple[Exce
 def deploy_entry_point(config: Mapping[str, Any], *, stack: str = "dev") -> Deployment:
     """Run ``infra/`` the way the Pulumi CLI does (``runpy`` on the ``main:`` folder)."""
     deployment = Deployment([])
-    folder = str(Path(program.__file__).resolve().parent)
-    _run(config, stack, deployment, lambda: runpy.run_path(folder, run_name="__main__") and {})
+    _run(config, stack, deployment, _entry_point)
     return deployment
+
+
+def _entry_point() -> Mapping[str, Any]:
+    folder = str(Path(program.__file__).resolve().parent)
+    runpy.run_path(folder, run_name="__main__")
+    return {}
 
 
 def _run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ from infra.catalog import AZURE_ML_REGIONS, GPU_VM_SIZES
 from infra.config import (
     PROJECT_ROOT,
     ConfigError,
+    cost_tags,
     load_project,
     read_stack_values,
     resource_names,
+    tag_problems,
     validate_config,
 )
 
@@ -109,10 +112,138 @@ def test_the_private_profile_needs_the_cpu_cluster_for_image_builds() -> None:
     assert validate_config({"profile": "standard", "cpuCluster": False}, PROJECT).cpu is None
 
 
-def test_unknown_keys_are_reported_as_typos() -> None:
-    message = _error({"gpuVmsize": "Standard_NC4as_T4_v3"})
-    assert "gpuVmsize: unknown key for project tf-mnist-azureml; known keys:" in message
-    assert "gpuVmSize" in message
+TYPOS = [("gpuVMSize", "gpuVmSize"), ("gpuMaxnodes", "gpuMaxNodes"), ("locaton", "location")]
+
+
+@pytest.mark.parametrize(("typo", "declared"), TYPOS)
+def test_unknown_keys_are_reported_as_typos_of_the_closest_declared_key(
+    typo: str, declared: str
+) -> None:
+    message = _error({typo: "4"})
+    assert (
+        f"- {typo}: unknown key for project tf-mnist-azureml (did you mean {declared}?); "
+        "the project's keys are declared under `config:` in Pulumi.yaml" in message
+    )
+    assert f"`pulumi config rm {typo}`" in message
+
+
+def test_an_unknown_key_like_no_declared_one_lists_them_all() -> None:
+    message = _error({"costCentre": "42"})
+    assert "costCentre: unknown key for project tf-mnist-azureml (no declared key is" in message
+    assert all(key in message for key in PROJECT.settings)
+
+
+@pytest.mark.parametrize(("typo", "declared"), TYPOS[:2])
+@pytest.mark.parametrize("entry_point", [False, True], ids=["main", "entry-point"])
+def test_the_program_refuses_a_mistyped_key_before_creating_anything(
+    typo: str, declared: str, entry_point: bool
+) -> None:
+    """Through the mocks' config (``set_all_config``), run as ``main()`` or as the CLI runs
+    ``infra/``: the typo is refused, not ignored in favour of the declared default."""
+    error, deployment = deploy_error({"location": "westeurope", typo: "4"}, entry_point=entry_point)
+    assert isinstance(error, pulumi.RunError)
+    assert f"- {typo}: unknown key for project tf-mnist-azureml (did you mean {declared}?)" in (
+        str(error)
+    )
+    assert deployment.registrations == []
+
+
+def test_the_program_reads_the_config_the_cli_passes_in_pulumi_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Pulumi CLI's language host hands the stack config to the program as JSON in the
+    PULUMI_CONFIG variable (string values, arrays as JSON): keys of other namespaces pass,
+    declared keys take effect, a mistyped one is refused."""
+    config = {"azure-native:location": "westus", f"{PROJECT.name}:gpuMaxNodes": "5"}
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps(config))
+    (gpu,) = [
+        c
+        for c in deploy({}).of_type("azure-native:machinelearningservices:Compute")
+        if c.inputs["computeName"] == "gpu-cluster"
+    ]
+    assert gpu.inputs["properties"]["properties"]["scaleSettings"]["maxNodeCount"] == 5
+
+    config[f"{PROJECT.name}:gpuMaxnodes"] = "3"
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps(config))
+    error, deployment = deploy_error({})
+    assert "gpuMaxnodes: unknown key for project tf-mnist-azureml (did you mean gpuMaxNodes?)" in (
+        str(error)
+    )
+    assert deployment.registrations == []
+
+
+def test_preflight_and_the_program_refuse_a_typo_with_the_same_words(tmp_path: Path) -> None:
+    (tmp_path / "Pulumi.qa.yaml").write_text(
+        f"config:\n  {PROJECT.name}:location: westeurope\n  {PROJECT.name}:gpuVMSize: x\n"
+    )
+    with pytest.raises(ConfigError) as preflight:
+        validate_config(read_stack_values("qa", PROJECT, root=tmp_path), PROJECT)
+    error, _ = deploy_error({"location": "westeurope", "gpuVMSize": "x"})
+    assert "gpuVMSize: unknown key" in str(error)
+    assert str(error).splitlines()[1:] == [f"  - {p}" for p in preflight.value.problems]
+
+
+GROUP = "0b5c3f2e-7d4a-4e8b-9c1d-2e3f4a5b6c7d"
+USER = "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f"
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        (
+            {"dataScientistUsers": [USER, USER]},
+            f"dataScientistUsers: {USER} is listed more than once (object IDs ignore case)",
+        ),
+        (
+            {"dataScientistGroups": [GROUP, GROUP.upper()]},
+            f"dataScientistGroups: {GROUP.upper()} is listed more than once",
+        ),
+        (
+            {"dataScientistUsers": [GROUP], "dataScientistGroups": [GROUP.upper()]},
+            f"dataScientistGroups: {GROUP.upper()} is also in dataScientistUsers; "
+            "an object ID is either a user or a group",
+        ),
+        (
+            {"dataScientistGroups": ["00000000-0000-0000-0000-000000000000"]},
+            "dataScientistGroups: 00000000-0000-0000-0000-000000000000 is the example's "
+            "placeholder",
+        ),
+    ],
+    ids=["user-twice", "group-twice-other-case", "user-and-group", "placeholder"],
+)
+def test_duplicate_principals_are_refused_naming_the_key(
+    values: dict[str, list[str]], problem: str
+) -> None:
+    """Refused, not de-duplicated: a repeated ID is usually one pasted where another was meant,
+    and the program would declare two role assignments with the same name."""
+    message = _error(values)
+    assert f"- {problem}" in message
+    assert message.count("\n  - ") == 1
+
+
+def test_the_program_creates_nothing_for_a_duplicate_principal() -> None:
+    error, deployment = deploy_error({"dataScientistGroups": [GROUP, GROUP.upper()]})
+    assert "dataScientistGroups: " in str(error)
+    assert deployment.registrations == []
+
+
+def test_owner_is_checked_against_azures_tag_value_limit() -> None:
+    assert validate_config({"owner": "o" * 256}, PROJECT).tags["owner"] == "o" * 256
+    message = _error({"owner": "o" * 257})
+    assert "- owner: 257 characters is too long for an Azure tag value" in message
+    assert "allowed: at most 256" in message
+
+
+def test_tag_names_are_checked_against_azures_rules() -> None:
+    declared = PROJECT.settings
+    assert tag_problems(cost_tags("mnist", "dev", "ml-platform"), declared) == []
+    (forbidden,) = tag_problems({"cost/center": "a"}, declared)
+    assert forbidden.startswith("tag 'cost/center': tag name 'cost/center' contains /")
+    (too_long,) = tag_problems({"t" * 129: "a"}, declared)
+    assert "tag name is 129 characters; Azure allows at most 128 on storage accounts" in too_long
+    assert tag_problems({"t" * 128: "v" * 256}, declared) == []
+    (named,) = tag_problems({"owner": "v" * 300}, declared)
+    assert named.startswith("owner: 300 characters")
 
 
 def test_all_problems_are_reported_at_once() -> None:
