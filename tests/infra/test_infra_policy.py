@@ -34,6 +34,22 @@ def test_ckv_azure_190_storage_blocks_public_blob_access(any_profile: Deployment
         assert container.inputs["publicAccess"] == "None"
 
 
+def test_azure_policy_92a89a79_storage_prevents_cross_tenant_object_replication(
+    any_profile: Deployment,
+) -> None:
+    assert any_profile.one(STORAGE).inputs["allowCrossTenantReplication"] is False
+
+
+def test_private_endpoint_subnet_has_no_default_outbound_internet_access(
+    private: Deployment,
+) -> None:
+    """Default outbound access (an implicit public IP for anything in the subnet) is off: the
+    subnet only holds private endpoints, which need no way out."""
+    subnet = private.one("azure-native:network:Subnet").inputs
+    assert subnet["defaultOutboundAccess"] is False
+    assert subnet["subnetName"] == "private-endpoints"
+
+
 def test_ckv_azure_3_storage_is_https_only(any_profile: Deployment) -> None:
     assert any_profile.one(STORAGE).inputs["enableHttpsTrafficOnly"] is True
 
@@ -170,6 +186,7 @@ def test_tags_on_every_taggable_resource(any_profile: Deployment) -> None:
         assert tags.get("project") == "mnist", resource.name
         assert tags.get("environment") == "dev", resource.name
         assert tags.get("owner") == "ml-platform", resource.name
+        assert tags.get("managed-by") == "pulumi", resource.name
     for datastore in any_profile.of_type(DATASTORE):
         assert datastore.inputs["properties"]["tags"]["project"] == "mnist"
 

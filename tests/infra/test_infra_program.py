@@ -7,12 +7,7 @@ import re
 import pytest
 from infra_harness import SUBSCRIPTION, Deployment, deploy, walk
 
-from infra.catalog import (
-    ROLE_ACR_PULL,
-    ROLE_AZUREML_DATA_SCIENTIST,
-    ROLE_STORAGE_BLOB_DATA_CONTRIBUTOR,
-)
-from infra.compute import REPLACE_ON_CHANGES
+from infra.config import load_project
 from infra.outputs import OUTPUT_KEYS, parse_stack_outputs
 
 COMPUTE = "azure-native:machinelearningservices:Compute"
@@ -22,6 +17,16 @@ ZONE = "azure-native:privatedns:PrivateZone"
 GUID = re.compile(r"^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$")
 GROUP = "0b5c3f2e-7d4a-4e8b-9c1d-2e3f4a5b6c7d"
 USER = "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f"
+
+# Azure built-in role definition IDs, written out from Azure's "built-in roles" reference
+# (the same GUID in every tenant), not imported from the code under test.
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+AZUREML_DATA_SCIENTIST = "f6c7c914-8db3-469d-8ca1-694a8f32e121"
+# Roles that must never be granted by this program.
+OWNER = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635"
+CONTRIBUTOR = "b24988ac-6180-42a0-ab88-20f7382dd24c"
+USER_ACCESS_ADMINISTRATOR = "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9"
 
 PUBLIC_FACING = {
     "azure-native:machinelearningservices:Workspace",
@@ -152,6 +157,64 @@ def test_private_address_prefix_comes_from_config() -> None:
     assert vnet["addressSpace"]["addressPrefixes"] == ["172.20.8.0/26"]
 
 
+# --- every setting takes effect ---------------------------------------------------------
+
+# A value other than the default for every declared key.
+EVERY_SETTING = {
+    "project": "vision",
+    "environment": "qa",
+    "owner": "vision-team",
+    "location": "northeurope",
+    "profile": "private",
+    "gpuVmSize": "Standard_NC8as_T4_v3",
+    "gpuMinNodes": 1,
+    "gpuMaxNodes": 3,
+    "gpuPriority": "LowPriority",
+    "idleSecondsBeforeScaleDown": 900,
+    "cpuCluster": True,
+    "cpuVmSize": "Standard_D4s_v3",
+    "cpuMaxNodes": 5,
+    "dataScientistUsers": [USER],
+    "dataScientistGroups": [GROUP],
+    "logRetentionDays": 90,
+    "privateAddressPrefix": "10.7.0.0/24",
+}
+
+
+def test_every_setting_reaches_the_resources_it_configures() -> None:
+    """A program that read a key and then ignored it (a hard-coded size, retention or range)
+    would pass every test that uses the defaults; this one sets them all."""
+    assert set(EVERY_SETTING) == set(load_project().settings)  # a new key needs a row here
+    deployment = deploy(EVERY_SETTING)
+    assert deployment.outputs["resourceGroupName"] == "rg-vision-qa"
+    assert deployment.one("azure-native:storage:StorageAccount").inputs["tags"] == {
+        "project": "vision",
+        "environment": "qa",
+        "owner": "vision-team",
+        "managed-by": "pulumi",
+    }
+    regional = [r for r in deployment.registrations if r.custom and "location" in r.inputs]
+    assert {r.inputs["location"] for r in regional} == {"northeurope", "global"}  # DNS: global
+    clusters = {c.inputs["computeName"]: c.inputs for c in deployment.of_type(COMPUTE)}
+    gpu = clusters["gpu-cluster"]["properties"]["properties"]
+    assert (gpu["vmSize"], gpu["vmPriority"]) == ("Standard_NC8as_T4_v3", "LowPriority")
+    assert gpu["scaleSettings"] == {
+        "minNodeCount": 1,
+        "maxNodeCount": 3,
+        "nodeIdleTimeBeforeScaleDown": "PT900S",
+    }
+    cpu = clusters["cpu-cluster"]["properties"]["properties"]
+    assert cpu["vmSize"] == "Standard_D4s_v3"
+    assert cpu["scaleSettings"]["maxNodeCount"] == 5
+    assert cpu["scaleSettings"]["nodeIdleTimeBeforeScaleDown"] == "PT900S"
+    logs = deployment.one("azure-native:operationalinsights:Workspace").inputs
+    assert logs["retentionInDays"] == 90
+    vnet = deployment.one("azure-native:network:VirtualNetwork").inputs
+    assert vnet["addressSpace"]["addressPrefixes"] == ["10.7.0.0/24"]
+    assert {a["principalId"] for a in _role_assignments(deployment)} >= {USER, GROUP}
+    assert _public_access(deployment)["azure-native:storage:StorageAccount"] == "Disabled"
+
+
 # --- identity and RBAC ------------------------------------------------------------------
 
 
@@ -174,10 +237,10 @@ def test_cluster_identity_gets_data_and_registry_roles(standard: Deployment) -> 
         assert inputs["principalType"] == "ServicePrincipal"
         assert GUID.match(inputs["principalId"])
     roles = {_role(a): a["scope"] for a in assignments}
-    assert roles[ROLE_STORAGE_BLOB_DATA_CONTRIBUTOR].endswith(
+    assert roles[STORAGE_BLOB_DATA_CONTRIBUTOR].endswith(
         f"/storageAccounts/{standard.outputs['storageAccountName']}"
     )
-    assert roles[ROLE_ACR_PULL].endswith(f"/registries/{standard.outputs['containerRegistryName']}")
+    assert roles[ACR_PULL].endswith(f"/registries/{standard.outputs['containerRegistryName']}")
 
 
 def test_users_and_groups_from_config_get_data_scientist_roles() -> None:
@@ -186,19 +249,53 @@ def test_users_and_groups_from_config_get_data_scientist_roles() -> None:
     for inputs in _role_assignments(deployment):
         by_principal.setdefault(inputs["principalId"], {})[_role(inputs)] = inputs["principalType"]
     assert by_principal[USER] == {
-        ROLE_AZUREML_DATA_SCIENTIST: "User",
-        ROLE_STORAGE_BLOB_DATA_CONTRIBUTOR: "User",
+        AZUREML_DATA_SCIENTIST: "User",
+        STORAGE_BLOB_DATA_CONTRIBUTOR: "User",
     }
     assert by_principal[GROUP] == {
-        ROLE_AZUREML_DATA_SCIENTIST: "Group",
-        ROLE_STORAGE_BLOB_DATA_CONTRIBUTOR: "Group",
+        AZUREML_DATA_SCIENTIST: "Group",
+        STORAGE_BLOB_DATA_CONTRIBUTOR: "Group",
     }
     workspace_scope = next(
         a["scope"]
         for a in _role_assignments(deployment)
-        if a["principalId"] == USER and _role(a) == ROLE_AZUREML_DATA_SCIENTIST
+        if a["principalId"] == USER and _role(a) == AZUREML_DATA_SCIENTIST
     )
     assert workspace_scope.endswith(f"/workspaces/{deployment.outputs['workspaceName']}")
+
+
+def test_every_role_assignment_is_the_least_role_at_the_narrowest_scope() -> None:
+    """The whole RBAC table, written out: who gets which built-in role on which resource.
+    A role swapped for a broader one, or a scope widened to the resource group or the
+    subscription, changes a row."""
+    deployment = deploy({"dataScientistUsers": [USER], "dataScientistGroups": [GROUP]})
+    outputs = deployment.outputs
+    group = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{outputs['resourceGroupName']}"
+    storage = f"{group}/providers/Microsoft.Storage/storageAccounts/{outputs['storageAccountName']}"
+    registry = (
+        f"{group}/providers/Microsoft.ContainerRegistry/registries/"
+        f"{outputs['containerRegistryName']}"
+    )
+    workspace = (
+        f"{group}/providers/Microsoft.MachineLearningServices/workspaces/{outputs['workspaceName']}"
+    )
+    # The cluster identity: the one principal besides the configured user and group.
+    (compute,) = {a["principalId"] for a in _role_assignments(deployment)} - {USER, GROUP}
+    rows = {
+        (a["principalId"], a["principalType"], _role(a), a["scope"])
+        for a in _role_assignments(deployment)
+    }
+    assert rows == {
+        (compute, "ServicePrincipal", "ba92f5b4-2d11-453d-a403-e96b0029c9fe", storage),
+        (compute, "ServicePrincipal", "7f951dda-4ed3-4680-a7ca-43fe172d538d", registry),
+        (USER, "User", "f6c7c914-8db3-469d-8ca1-694a8f32e121", workspace),
+        (USER, "User", "ba92f5b4-2d11-453d-a403-e96b0029c9fe", storage),
+        (GROUP, "Group", "f6c7c914-8db3-469d-8ca1-694a8f32e121", workspace),
+        (GROUP, "Group", "ba92f5b4-2d11-453d-a403-e96b0029c9fe", storage),
+    }
+    assert len(rows) == len(deployment.of_type(ROLE))  # no duplicate assignment hides in the set
+    granted = {_role(a) for a in _role_assignments(deployment)}
+    assert not granted & {OWNER, CONTRIBUTOR, USER_ACCESS_ADMINISTRATOR}
 
 
 def test_role_assignment_names_are_unique_guids_stable_per_stack() -> None:
@@ -247,10 +344,10 @@ def test_vm_size_change_replaces_the_cluster_deliberately() -> None:
     really point at the configured size and priority."""
     small = _gpu(deploy({"gpuVmSize": "Standard_NC4as_T4_v3"}))
     large = _gpu(deploy({"gpuVmSize": "Standard_NC24ads_A100_v4", "gpuPriority": "LowPriority"}))
+    size_path, priority_path = "properties.properties.vmSize", "properties.properties.vmPriority"
     for cluster in (small, large):
-        assert set(REPLACE_ON_CHANGES) <= set(cluster.replace_on_changes)
+        assert {size_path, priority_path} <= set(cluster.replace_on_changes)
         assert cluster.delete_before_replace is True
-    size_path, priority_path = REPLACE_ON_CHANGES
     assert walk(small.inputs, size_path) == "Standard_NC4as_T4_v3"
     assert walk(large.inputs, size_path) == "Standard_NC24ads_A100_v4"
     assert walk(small.inputs, priority_path) == "Dedicated"
