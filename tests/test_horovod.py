@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -212,24 +213,91 @@ def test_two_ranks_train_the_net_to_97_percent(horovod_run, mnist_dir):
     assert checkpoints == [f"ckpt-{EPOCHS - 1}.index", f"ckpt-{EPOCHS}.index"]
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def rewind_to_epoch(out: Path, epoch: int) -> None:
+    """Leave ``out`` as a kill right after epoch ``epoch``'s checkpoint would: later
+    checkpoints, the model and metrics gone, the run not finished."""
+    checkpoints = out / "checkpoints"
+    for path in checkpoints.glob("ckpt-*"):
+        if int(path.name.split(".")[0].split("-")[1]) > epoch:
+            path.unlink()
+    (checkpoints / "checkpoint").write_text(
+        f'model_checkpoint_path: "ckpt-{epoch}"\nall_model_checkpoint_paths: "ckpt-{epoch}"\n'
+    )
+    record = json.loads((checkpoints / "run.json").read_text())
+    (checkpoints / "run.json").write_text(json.dumps({**record, "finished": False}))
+    shutil.rmtree(out / "model")
+    (out / "metrics.json").unlink()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_rerun_resumes_every_rank_from_the_last_checkpoint(horovod_python, horovod_run):
-    """Asked for one more epoch, both ranks start after the last checkpoint: they run the
-    same steps (else the all-reduce would hang) and the chief's history continues."""
+def test_rerun_of_a_finished_folder_changes_nothing_then_a_kill_resumes_every_rank(
+    horovod_python, horovod_run
+):
+    """The same command on the finished folder: nothing to do on any rank, nothing changes.
+    After a kill that left epoch EPOCHS - 1's checkpoint, both ranks resume from it (else
+    the all-reduce would hang), tf.keras 2 restores every variable, and the chief's history
+    continues."""
     out, _ = horovod_run
-    result = horovodrun(horovod_python, out, "--epochs", str(EPOCHS + 1))
+    before = snapshot(out)
+    result = horovodrun(horovod_python, out, "--epochs", str(EPOCHS))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert any("nothing to do" in line for line in rank_lines(result.stdout, 0))
+    assert snapshot(out) == before
+
+    rewind_to_epoch(out, EPOCHS - 1)
+    result = horovodrun(horovod_python, out, "--epochs", str(EPOCHS))
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     chief = rank_lines(result.stdout, 0)
-    assert any(f"Resuming from the checkpoint after epoch {EPOCHS}" in line for line in chief)
+    assert any(f"Resuming from the checkpoint after epoch {EPOCHS - 1}" in line for line in chief)
     assert [line.split()[1] for line in chief if line.startswith("epoch ")] == [
-        f"{EPOCHS + 1}/{EPOCHS + 1}"
+        f"{EPOCHS}/{EPOCHS}"
     ]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["resumed_from_epoch"] == EPOCHS and metrics["epochs"] == EPOCHS + 1
+    assert metrics["resumed_from_epoch"] == EPOCHS - 1 and metrics["epochs"] == EPOCHS
+    assert metrics["epochs_this_run"] == 1
     assert metrics["test_accuracy"] >= 0.97, metrics
     history = json.loads((out / "checkpoints" / "history.json").read_text())
-    assert [row["epoch"] for row in history] == list(range(1, EPOCHS + 2))
+    assert [row["epoch"] for row in history] == list(range(1, EPOCHS + 1))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_horovod_after_a_default_run_is_refused_and_the_model_is_untouched(
+    horovod_python, mnist_dir, tmp_path
+):
+    """README order: the default run into a folder, then `make train-horovod NP=2` into the
+    same folder. Its checkpoint cannot be resumed by two tf.keras 2 ranks: every rank stops
+    before training with what differs, and the default run's model stays as it was."""
+    out = tmp_path / "outputs"
+    flags = ["--epochs", "1", "--batch-size", "1024"]
+    default = subprocess.run(
+        [sys.executable, "-m", "training.train", "--output-dir", str(out), "--no-tracking", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert default.returncode == 0, default.stderr[-3000:]
+    before = snapshot(out)
+
+    result = horovodrun(horovod_python, out, *flags)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-4000:]
+    # horovodrun itself ends with a RuntimeError traceback when a rank exits non-zero; the
+    # ranks print none and train nothing.
+    rank_output = [line for line in output.splitlines() if line.startswith("[")]
+    assert not any("Traceback" in line or "epoch 1/1" in line for line in rank_output)
+    refusal = [line for line in rank_output if line.startswith("[0]<stderr>:error:")]
+    assert len(refusal) == 1, output[-4000:]
+    differences = ("distribution single -> horovod", "keras_major 3 -> 2", "workers 1 -> 2")
+    assert all(difference in refusal[0] for difference in differences), refusal[0]
+    assert "--output-dir" in refusal[0] and "--restart" in refusal[0]
+    assert snapshot(out) == before
 
 
 @pytest.mark.slow
