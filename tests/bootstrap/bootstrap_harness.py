@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+import runpy
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -86,7 +88,24 @@ def deploy_error(config: Mapping[str, Any], *, stack: str = "ci") -> tuple[Excep
     raise AssertionError(f"the program accepted {dict(config)}")
 
 
-def _run(config: Mapping[str, Any], stack: str, deployment: Deployment) -> None:
+def deploy_entry_point(config: Mapping[str, Any], *, stack: str = "ci") -> Deployment:
+    """Run infra/bootstrap the way the Pulumi CLI does: its ``__main__.py``, as a script."""
+    deployment = Deployment([])
+    _run(config, stack, deployment, _entry_point)
+    return deployment
+
+
+def _entry_point() -> Mapping[str, Any]:
+    runpy.run_path(str(Path(program.__file__).resolve().parent), run_name="__main__")
+    return {}
+
+
+def _run(
+    config: Mapping[str, Any],
+    stack: str,
+    deployment: Deployment,
+    entry: Callable[[], Mapping[str, Any]] = program.main,
+) -> None:
     mocks = BootstrapMocks(stack)
     monitor = RecordingMonitor(mocks)
     deployment.registrations = monitor.registrations
@@ -100,7 +119,7 @@ def _run(config: Mapping[str, Any], stack: str, deployment: Deployment) -> None:
 
     @pulumi.runtime.test
     def run() -> pulumi.Output[Any]:
-        outputs = program.main()
+        outputs = entry()
         return pulumi.Output.all(**outputs).apply(deployment.outputs.update)
 
     run()

@@ -11,7 +11,7 @@ import re
 import uuid
 
 import pytest
-from bootstrap_harness import REPOSITORY, deploy_error
+from bootstrap_harness import REPOSITORY, deploy_entry_point, deploy_error
 from infra_harness import SUBSCRIPTION, TENANT, Deployment
 
 READER = "acdd72a7-3385-48ef-bd42-f606fba81ae7"
@@ -313,3 +313,11 @@ def test_every_key_is_declared_with_a_default_and_unknown_keys_are_named():
     }
     with pytest.raises(ValueError, match="- githubRepo: unknown key"):
         validate_bootstrap_config({"githubRepository": REPOSITORY, "githubRepo": "a/b"})
+
+
+def test_the_cli_entry_point_declares_the_same_stack(default):
+    """`pulumi up` in infra/bootstrap runs its __main__.py as a script, not the package."""
+    entry = deploy_entry_point({"githubRepository": REPOSITORY})
+    assert sorted((r.type, r.name) for r in entry.registrations) == sorted(
+        (r.type, r.name) for r in default.registrations
+    )
