@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -413,19 +414,37 @@ def fake_model(folder: Path, tensorflow: str = "2.21.0") -> Path:
     return folder
 
 
-def test_register_uploads_a_local_model_tagged_with_its_framework(
+def test_register_uploads_the_model_folder_itself_tagged_with_its_framework(
     fake: FakeWorkspace, tmp_path: Path
 ) -> None:
-    model = fake_model(tmp_path / "model")
+    run = tmp_path / "run"
+    model = fake_model(run / "model")
+    (run / "metrics.json").write_text('{"test_accuracy": 0.98}')  # beside the model: stays here
     assert cli(fake, "register", "--model-dir", str(model)) == 0
     (put,) = fake.calls("PUT", "/models/tf-mnist/versions/")
     properties = put.json["properties"]
     assert properties["modelType"] == "mlflow_model"
     assert properties["tags"] == {"framework": "TensorFlow", "framework_version": "2.21.0"}
-    assert properties["modelUri"].startswith("azureml://subscriptions/")
-    assert "/datastores/workspaceblobstore/paths/LocalUpload/" in properties["modelUri"]
-    uploaded = {r.path.split("/model/", 1)[-1] for r in fake.calls("PUT") if ".blob." in r.host}
-    assert {"MLmodel", "requirements.txt", "data/model.keras"} <= uploaded
+    # the model is the uploaded folder `model` itself: MLmodel at its top, nothing beside it
+    workspace = (
+        f"azureml://subscriptions/{fake.subscription}/resourcegroups/{fake.resource_group}"
+        f"/workspaces/{fake.workspace}/datastores/workspaceblobstore/paths/LocalUpload/"
+    )
+    assert properties["modelUri"].startswith(workspace)
+    upload, folder = properties["modelUri"].removeprefix(workspace).split("/")
+    assert folder == "model" and re.fullmatch(r"[0-9a-f]{32,64}", upload)
+    prefix = f"/{CONTAINER}/LocalUpload/{upload}/"
+    uploaded = {
+        key.removeprefix(prefix): blob["data"]
+        for key, blob in fake.blobs.items()
+        if key.startswith(prefix)
+    }
+    assert uploaded == {
+        "model/MLmodel": b"flavors:\n  tensorflow: {model_type: keras}\n",
+        "model/requirements.txt": b"mlflow==3.17.2\ntensorflow==2.21.0\n",
+        "model/data/model.keras": b"\x00" * 64,
+    }
+    assert not any("metrics.json" in key for key in fake.blobs)
 
 
 def finished_job(fake: FakeWorkspace, name: str, status: str = "Completed") -> None:

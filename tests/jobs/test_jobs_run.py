@@ -66,6 +66,18 @@ def test_run_trains_the_spec_locally(
     assert (output / "model" / "data" / "model.keras").is_file()
     assert (output / "training_curves.png").is_file()
     assert f"job job completed: test_accuracy {metrics['test_accuracy']:.4f}" in result.stdout
+    # the sweep's objective is what training logs to MLflow each epoch, from one run (the
+    # chief's), in the spec's experiment: what the bandit policy and the trials' ranking read
+    import mlflow
+
+    objective = load_spec(JOBS_DIR / "sweep.yml").step.objective
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "tf-mnist"]
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.experiment_id == experiment.experiment_id
+    logged = client.get_metric_history(run.info.run_id, objective.primary_metric)
+    assert [point.step for point in logged] == [1]
+    assert logged[0].value == pytest.approx(metrics["test_accuracy"], abs=1e-4)
 
 
 @pytest.mark.slow
