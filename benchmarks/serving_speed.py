@@ -1,9 +1,11 @@
 """Scoring speed under the real azmlinfsrv: serving/score.py against two baselines.
 
 Servers with one worker each (``WORKER_COUNT=1``, otherwise deployment.yml's settings) on
-loopback ports, timed by one client in a bounded loop (``http.client``, a persistent client;
-azmlinfsrv's sync workers close each connection, so every request pays a loopback TCP connect,
-for every scorer alike). score.py and the empty floor run side by side and are timed
+loopback ports, timed by one client in a bounded loop (``http.client``, a persistent client:
+the local server's threaded workers keep its connection open; under azmlinfsrv's own sync
+workers, as deployed, set ``GUNICORN_CMD_ARGS="--worker-class sync --threads 1"``, every request
+pays a loopback TCP connect, for every scorer alike). score.py and the empty floor run side by
+side and are timed
 round-robin, one request to each in turn, so that both see the same load on a shared machine;
 the naive scorer runs afterwards on its own:
 

@@ -21,6 +21,7 @@ from typing import Any
 from scripts import UserError, azureml
 
 DEFAULT_PORT = 5001
+DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MODEL_DIR = "outputs"
 
 
@@ -37,6 +38,12 @@ def register(subparsers: Any) -> None:
         help="the model folder training wrote, or the folder above it (default %(default)s)",
     )
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="default %(default)s")
+    serve.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="address to listen on (default %(default)s, this machine only; 0.0.0.0 opens the "
+        "unauthenticated server to the network)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     deploy = subparsers.add_parser(
@@ -108,7 +115,12 @@ def register(subparsers: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from serving import specs
-    from serving.local_server import SCORE_SCRIPT, server_command, server_environment
+    from serving.local_server import (
+        SCORE_SCRIPT,
+        client_host,
+        server_command,
+        server_environment,
+    )
     from serving.predictor import ModelLoadError, find_model_dir
 
     try:
@@ -116,12 +128,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         raise UserError(str(exc)) from None
     settings = specs.server_settings()
-    env = server_environment(model_dir, settings, os.environ)
+    env = server_environment(model_dir, settings, os.environ, host=args.host)
     shown = ", ".join(f"{k}={v}" for k, v in settings.items())
-    print(f"Serving {model_dir} on http://127.0.0.1:{args.port}/score ({shown}).")
+    url = f"http://{client_host(args.host)}:{args.port}/score"
+    print(f"Serving {model_dir} on {url}, listening on {args.host} ({shown}).")
     print(
-        f"Try: python -m scripts invoke serving/sample-digits.json --url "
-        f"http://127.0.0.1:{args.port}/score   (Ctrl-C stops the server)"
+        f"Try: python -m scripts invoke serving/sample-digits.json --url {url}"
+        "   (Ctrl-C stops the server)"
     )
     return _run_in_foreground(server_command(SCORE_SCRIPT, args.port), env)
 

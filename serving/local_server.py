@@ -1,9 +1,12 @@
 """Run an entry script under the real ``azmlinfsrv`` on this machine (client side, not uploaded).
 
-Used by ``python -m scripts serve``, the tests and the benchmark, so that all three start the
+Used by ``python -m scripts serve``, the demo, the tests and the benchmark, so that all start the
 server the same way: the same interpreter's ``azureml-inference-server-http``, the environment
 variables of the deployment spec, a port of our choosing, and a wait on the health route
 (``GET /`` answers only once every worker has finished ``init()``).
+
+The server listens on the loopback interface (127.0.0.1) unless ``host`` says otherwise, with
+threaded workers: both come from ``gunicorn_local.py``, passed to azmlinfsrv's gunicorn.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from serving.gunicorn_local import BIND_HOST_ENV, LOOPBACK
+
 SCORE_SCRIPT = Path(__file__).resolve().parent / "score.py"
+GUNICORN_CONFIG = Path(__file__).resolve().parent / "gunicorn_local.py"
 
 
 class ServerError(Exception):
@@ -47,25 +53,39 @@ def server_command(entry_script: Path, port: int) -> list[str]:
 
 
 def server_environment(
-    model_dir: str | os.PathLike[str], settings: Mapping[str, str], base: Mapping[str, str]
+    model_dir: str | os.PathLike[str],
+    settings: Mapping[str, str],
+    base: Mapping[str, str],
+    *,
+    host: str = LOOPBACK,
 ) -> dict[str, str]:
     """The server's environment: ``base`` plus the deployment's settings and the model folder.
 
-    Gunicorn's control socket is turned off: its default path is per user, and two local
-    servers (a test run and a benchmark, say) would fight over it.
+    Gunicorn reads ``gunicorn_local.py`` (bind ``host``, threaded workers). Its control socket
+    is turned off: its default path is per user, and two local servers (a test run and a
+    benchmark, say) would fight over it.
     """
     env = dict(base)
     env.update(settings)
     env["AZUREML_MODEL_DIR"] = str(Path(model_dir).resolve())
+    env[BIND_HOST_ENV] = host
     extra = env.get("GUNICORN_CMD_ARGS", "")
     if "--no-control-socket" not in extra:
-        env["GUNICORN_CMD_ARGS"] = f"{extra} --no-control-socket".strip()
+        extra = f"{extra} --no-control-socket"
+    if "--config" not in extra and not extra.lstrip().startswith("-c"):
+        extra = f"{extra} --config {GUNICORN_CONFIG}"
+    env["GUNICORN_CMD_ARGS"] = extra.strip()
     return env
 
 
-def _healthy(port: int, timeout: float = 2.0) -> bool:
+def client_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to ``host``."""
+    return LOOPBACK if host in ("", "0.0.0.0", "::") else host
+
+
+def _healthy(port: int, timeout: float = 2.0, host: str = LOOPBACK) -> bool:
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
         try:
             conn.request("GET", "/")
             response = conn.getresponse()
@@ -77,7 +97,7 @@ def _healthy(port: int, timeout: float = 2.0) -> bool:
 
 
 class LocalServer:
-    """``azmlinfsrv`` in a subprocess on a loopback port; a context manager that stops it.
+    """``azmlinfsrv`` in a subprocess on a loopback port (or ``host``); stops as a context manager.
 
     Output goes to ``log_path`` (read it with :meth:`log_tail`). ``startup_seconds`` is the
     time from start to the first healthy answer (interpreter, imports and ``init()`` of the
@@ -94,19 +114,21 @@ class LocalServer:
         entry_script: str | os.PathLike[str] = SCORE_SCRIPT,
         port: int | None = None,
         base_env: Mapping[str, str] | None = None,
+        host: str = LOOPBACK,
     ) -> None:
         self.entry_script = Path(entry_script).resolve()
         self.port = port or free_port()
+        self.host = host
         self.log_path = Path(log_path)
         self.env = server_environment(
-            model_dir, settings, os.environ if base_env is None else base_env
+            model_dir, settings, os.environ if base_env is None else base_env, host=host
         )
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_seconds: float | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{client_host(self.host)}:{self.port}"
 
     def start(self, timeout: float = 120.0) -> LocalServer:
         """Start and wait until healthy; :class:`ServerError` with the log tail otherwise."""
@@ -126,7 +148,7 @@ class LocalServer:
                     f"azmlinfsrv exited with status {self.process.returncode} before it was "
                     f"healthy. Its log ({self.log_path}) ends with:\n{self.log_tail()}"
                 )
-            if _healthy(self.port):
+            if _healthy(self.port, host=client_host(self.host)):
                 self.startup_seconds = time.perf_counter() - started
                 return self
             time.sleep(0.2)

@@ -121,6 +121,17 @@ def _is_number(value: object) -> bool:
     return type(value) in (int, float)  # bool is an int subclass but not a pixel value
 
 
+def _shorten(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was: requests are not echoed."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _names(keys: list[str], limit: int = 5) -> str:
+    """Up to ``limit`` key names, JSON-quoted and shortened, for a message."""
+    shown = ", ".join(_shorten(json.dumps(key)) for key in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 def _describe_value(value: object) -> str:
     if value is None:
         return "null"
@@ -180,6 +191,25 @@ def _image_problem(image: object, i: int) -> str | None:
     return None
 
 
+def _shape_name(image: list[Any]) -> str:
+    if isinstance(image[0], list):
+        return f"{SIDE}x{SIDE} ({SIDE} lists of {SIDE} numbers)"
+    return f"flat ({PIXELS} numbers)"
+
+
+def _mixed_shapes(data: list[Any]) -> str | None:
+    """Which image first differs in shape from image 0, for a batch of valid images."""
+    first = _shape_name(data[0])
+    for i, image in enumerate(data[1:], start=1):
+        if _shape_name(image) != first:
+            return (
+                f"Image 0 is {first} but image {i} is {_shape_name(image)}: all the images of "
+                f"one request must have the same shape. Send every image as {PIXELS} numbers, "
+                f"or every image as {SIDE} lists of {SIDE} numbers."
+            )
+    return None
+
+
 def _explain_bad_data(data: list[Any]) -> BadRequest:
     """Walk the batch to say precisely what is wrong (only runs for bad requests)."""
     if all(_is_number(v) for v in data):
@@ -199,6 +229,9 @@ def _explain_bad_data(data: list[Any]) -> BadRequest:
         if problem:
             code = "InvalidValue" if problem.startswith("Pixel") else "InvalidShape"
             return BadRequest(problem, code=code)
+    mixed = _mixed_shapes(data)
+    if mixed:
+        return BadRequest(mixed, code="InvalidShape")
     return BadRequest(  # the fast path refused something the walk accepts: say what we can
         f'"data" could not be read as a batch of images. Send {REQUEST_EXAMPLE}.',
         code="InvalidShape",
@@ -257,9 +290,16 @@ def _decode(body: bytes) -> Any:
         ) from None
     except RecursionError:
         raise BadRequest(
-            "The request body nests JSON arrays too deeply. Send a batch of images: "
+            "The request body nests JSON arrays or objects too deeply. Send a batch of images: "
             f"{REQUEST_EXAMPLE}.",
             code="InvalidShape",
+        ) from None
+    except ValueError as exc:  # valid syntax the parser will not read: a number too long
+        reason = "an integer of more than 4,300 digits" if "digits" in str(exc) else str(exc)
+        raise BadRequest(
+            f"The request body is JSON that cannot be read: it holds {reason[:80]}. Pixels are "
+            f"numbers between 0 and 1: {REQUEST_EXAMPLE}.",
+            code="NotJson",
         ) from None
     return payload
 
@@ -281,7 +321,7 @@ def parse_request(body: bytes, *, max_batch: int = DEFAULT_MAX_BATCH) -> np.ndar
         hint = ""
         if "input_data" in payload or "inputs" in payload or "instances" in payload:
             hint = ' (that is the MLflow/no-code request format; this endpoint takes "data")'
-        what = f"unknown key(s) {', '.join(map(json.dumps, unknown))}{hint}" if unknown else ""
+        what = f"unknown key(s) {_names(unknown)}{hint}" if unknown else ""
         missing = 'no "data" key' if "data" not in payload else ""
         problems = " and ".join(p for p in (missing, what) if p)
         raise BadRequest(
@@ -403,6 +443,11 @@ class DigitClassifier:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.max_batch = max_batch
         self.model = keras_model
+        # What the model itself says it takes and returns (the published API is built from these).
+        self.pixels = int(keras_model.input_shape[-1])
+        self.classes = int(keras_model.output_shape[-1])
+        side = math.isqrt(self.pixels)
+        self.side = side if side * side == self.pixels else None  # images also sent as rows
 
         def forward(images: Any) -> Any:
             return keras_model(images, training=False)

@@ -6,7 +6,10 @@ A thin adapter over :class:`predictor.DigitClassifier`:
   it, where Azure ML mounts registered models), warms it up, and publishes the API schema.
 - ``run()`` takes the raw HTTP request (``@rawhttp``) so that every bad request gets a 4xx JSON
   body that says what is wrong and how to fix it, rather than the server's generic 500; it
-  returns an ``AMLResponse`` with the status code.
+  returns an ``AMLResponse`` with the status code. It reads the body itself, whatever its
+  framing (``Content-Length`` or chunked): at most the size limit is kept (413 past it), a body
+  that has not arrived within half of ``SCORING_TIMEOUT_MS`` gets a 408, and a truncated or
+  malformed one a 400.
 
 Request ``{"data": [image, ...]}`` with each image 784 numbers or 28 lists of 28, scaled to
 [0, 1]; response ``{"predictions": [digit, ...], "probabilities": [[10 floats], ...]}``.
@@ -15,21 +18,28 @@ Request ``{"data": [image, ...]}`` with each image 784 numbers or 28 lists of 28
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import os
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from azureml_inference_server_http.api.aml_request import AMLRequest, rawhttp
 from azureml_inference_server_http.api.aml_response import AMLResponse
+from werkzeug.exceptions import HTTPException
 
 # The server loads this file by path, not as part of a package: make its siblings importable
 # wherever the code folder is mounted (/var/azureml-app/<folder> on Azure, serving/ locally).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from contract import Shapes, complete
 from predictor import (
     DEFAULT_MAX_BATCH,
-    PIXELS,
     BadRequest,
     DigitClassifier,
     batch_too_large,
@@ -37,70 +47,216 @@ from predictor import (
 )
 
 MAX_BATCH_ENV = "SCORING_MAX_BATCH"
+TIMEOUT_ENV = "SCORING_TIMEOUT_MS"  # azmlinfsrv's own setting (default one hour)
+DEFAULT_TIMEOUT_MS = 3_600_000
 _classifier: DigitClassifier | None = None
 _max_body = 0
+_read_seconds = 0.0
 _JSON = {"Content-Type": "application/json"}
 _DISCARD_LIMIT = 100 << 20  # what the endpoint's front end accepts (client_max_body_size 100m)
+_PIECE = 1 << 16
 
 
-def _max_batch_from_env() -> int:
-    raw = os.environ.get(MAX_BATCH_ENV, str(DEFAULT_MAX_BATCH))
+def _positive_int_from_env(name: str, default: int, unit: str) -> int:
+    raw = os.environ.get(name, str(default))
     try:
         value = int(raw)
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{MAX_BATCH_ENV}={raw!r} must be a whole number of images, at least 1.")
+        raise ValueError(f"{name}={raw!r} must be a whole number of {unit}, at least 1.")
     return value
 
 
-def _publish_schema() -> None:
-    """Register the JSON body's schema with inference-schema, so /swagger.json documents it.
+def _publish_contract(classifier: DigitClassifier) -> None:
+    """Make /swagger.json state what ``run()`` accepts and returns (see contract.py).
 
-    ``azmlinfsrv`` refuses a ``run()`` carrying both ``@rawhttp`` and ``@input_schema`` when it
-    loads this script, yet builds /swagger.json from inference-schema's registry only after
-    ``init()`` returns. The registry is keyed by module and function name, so registering a
-    stand-in ``run(data)`` here documents the body that the real ``run()`` reads from the raw
-    request (with ``data``, not ``request``, as the one property). The real-server tests check
-    that /swagger.json carries this schema.
+    ``azmlinfsrv`` builds /swagger.json after ``init()`` returns, from its templates and
+    inference-schema's registry, which cannot describe a ``@rawhttp`` ``run()`` (the server
+    refuses one that carries ``@input_schema``). So the builder's output is completed here, with
+    the shapes of the loaded model and the batch limit. A server version without this builder
+    serves its generic document: said in the log, never a failed start.
     """
-    from inference_schema.parameter_types.standard_py_parameter_type import (
-        StandardPythonParameterType,
-    )
-    from inference_schema.schema_decorators import input_schema, output_schema
+    shapes = Shapes(classifier.pixels, classifier.side, classifier.classes, classifier.max_batch)
+    try:
+        from azureml_inference_server_http.server.swagger import _SwaggerBuilder
+    except ImportError as exc:
+        print(f"/swagger.json stays generic: this azmlinfsrv has no swagger builder ({exc}).")
+        return
+    generate = getattr(_SwaggerBuilder, "_azureml_generate", _SwaggerBuilder.get_swagger)
 
-    def run(data: list[list[float]]) -> dict[str, Any]:  # the documented shape; never called
-        raise NotImplementedError
+    def get_swagger(builder: Any) -> dict[str, Any] | None:
+        document = generate(builder)
+        return None if document is None else complete(document, builder.__version__, shapes)
 
-    run.__module__ = __name__
-    images = StandardPythonParameterType([[0.0] * PIXELS])
-    response = StandardPythonParameterType({"predictions": [7], "probabilities": [[0.1] * 10]})
-    input_schema("data", images)(output_schema(response)(run))
+    _SwaggerBuilder._azureml_generate = generate  # init() may run again in the same process
+    _SwaggerBuilder.get_swagger = get_swagger
 
 
 def init() -> None:
     """Load and warm up the model; fail with a message saying what was expected where."""
-    global _classifier, _max_body
-    max_batch = _max_batch_from_env()
+    global _classifier, _max_body, _read_seconds
+    max_batch = _positive_int_from_env(MAX_BATCH_ENV, DEFAULT_MAX_BATCH, "images")
+    timeout_ms = _positive_int_from_env(TIMEOUT_ENV, DEFAULT_TIMEOUT_MS, "milliseconds")
     _classifier = DigitClassifier.load(os.environ.get("AZUREML_MODEL_DIR"), max_batch=max_batch)
     _classifier.warm_up()
     _max_body = max_body_bytes(max_batch)
-    _publish_schema()
+    _read_seconds = timeout_ms / 2000  # half the scoring timeout for the body, half for scoring
+    _publish_contract(_classifier)
 
 
 def _error(exc: BadRequest, headers: dict[str, str] | None = None) -> AMLResponse:
     return AMLResponse(exc.to_body(), exc.status, headers or {}, json_str=True)
 
 
-def _discard_body(request: AMLRequest) -> None:
-    """Read an over-limit body without keeping it, up to a point, so that the client gets the
-    413 rather than a reset connection; a body beyond that point is cut off."""
-    remaining = min(request.content_length or 0, _DISCARD_LIMIT)
-    while remaining > 0:
-        chunk = request.stream.read(min(remaining, 1 << 20))
-        if not chunk:
+# --------------------------------------------------------------------------- the request body
+
+
+class _Watchdog:
+    """Ends the upload of a body that is late: shuts its socket for reading at the deadline.
+
+    A socket timeout alone bounds each ``recv``, not the whole body: a client that trickles a
+    byte a second, or a chunk-size line that never ends, would hold a worker thread for as long
+    as it likes. One thread per worker process keeps the deadlines of the bodies being read;
+    a blocked read then returns end-of-file and the request gets its 408.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._heap: list[tuple[float, int, socket.socket]] = []
+        self._live: set[int] = set()
+        self._expired: set[int] = set()
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, sock: socket.socket, deadline: float) -> int:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():  # started in each worker
+                self._thread = threading.Thread(target=self._run, name="body-watchdog")
+                self._thread.daemon = True
+                self._thread.start()
+            token = next(self._ids)
+            self._live.add(token)
+            heapq.heappush(self._heap, (deadline, token, sock))
+            self._lock.notify()
+            return token
+
+    def release(self, token: int) -> bool:
+        """Stop watching; True if the deadline had already passed and the socket was shut."""
+        with self._lock:
+            self._live.discard(token)
+            if token in self._expired:
+                self._expired.discard(token)
+                return True
+            return False
+
+    def _run(self) -> None:
+        with self._lock:
+            while True:
+                while self._heap and self._heap[0][1] not in self._live:
+                    heapq.heappop(self._heap)  # released in time
+                if not self._heap:
+                    self._lock.wait()
+                    continue
+                deadline, token, sock = self._heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._lock.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                self._live.discard(token)
+                self._expired.add(token)
+                with contextlib.suppress(OSError):  # already closed
+                    sock.shutdown(socket.SHUT_RD)
+
+
+_watchdog = _Watchdog()
+
+
+class _Late(Exception):
+    """The body did not arrive before its deadline."""
+
+
+def _late(received: int) -> BadRequest:
+    return BadRequest(
+        f"The request body did not arrive within {_read_seconds * 1000:.0f} ms ({received:,} "
+        "bytes received). Send the whole body at once, with a Content-Length that matches it.",
+        status=408,
+        code="RequestTimeout",
+    )
+
+
+def _read_into(
+    stream: Any, limit: int, deadline: float, sock: Any, keep: list[bytes] | None
+) -> int:
+    """Read up to ``limit + 1`` bytes of the body (kept in ``keep`` unless it is None)."""
+    received = 0
+    while received <= limit:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Late(received)
+        if sock is not None:
+            sock.settimeout(remaining)
+        piece = stream.read(min(_PIECE, limit + 1 - received))
+        if not piece:
             break
-        remaining -= len(chunk)
+        if keep is not None:
+            keep.append(piece)
+        received += len(piece)
+    return received
+
+
+def _unreadable(exc: BaseException) -> BadRequest:
+    return BadRequest(
+        f"The request body could not be read: {type(exc).__name__} "
+        f"({str(exc)[:80] or 'the connection ended'}). Send a complete body, with a "
+        "Content-Length or a valid chunked encoding.",
+        code="UnreadableBody",
+    )
+
+
+def _read_body(request: AMLRequest) -> bytes:
+    """The body, read within the size limit and the deadline; :class:`BadRequest` otherwise.
+
+    The limit counts the bytes actually read, so a chunked body (no ``Content-Length``) is held
+    to it too. Beyond the limit, up to ``_DISCARD_LIMIT`` more bytes are read and dropped so that
+    the client sees the 413 rather than a reset connection.
+    """
+    declared = request.content_length
+    limit = 0 if declared is not None and declared > _max_body else _max_body
+    sock = request.environ.get("gunicorn.socket")
+    deadline = time.monotonic() + _read_seconds
+    token = _watchdog.watch(sock, deadline) if sock is not None else None
+    pieces: list[bytes] = []
+    try:
+        received = _read_into(request.stream, limit, deadline, sock, pieces)
+        too_large = received > limit or (limit == 0 and bool(declared))
+        if too_large:
+            with contextlib.suppress(_Late, OSError, ValueError, HTTPException):
+                _read_into(request.stream, _DISCARD_LIMIT, deadline, sock, None)  # dropped
+    except _Late as exc:
+        raise _late(exc.args[0]) from None
+    except TimeoutError:  # the socket's timeout, or azmlinfsrv's alarm on a sync worker
+        raise _late(sum(map(len, pieces))) from None
+    except (OSError, ValueError, HTTPException) as exc:  # gunicorn's chunk errors, a reset
+        shut = token is not None and _watchdog.release(token)
+        raise (_late(sum(map(len, pieces))) if shut else _unreadable(exc)) from None
+    finally:
+        if sock is not None:
+            sock.settimeout(None)
+    shut = token is not None and _watchdog.release(token)
+    if too_large:
+        raise batch_too_large(None, _classifier.max_batch)
+    body = b"".join(pieces)
+    if declared is not None and len(body) < declared:
+        if shut:
+            raise _late(len(body))
+        raise BadRequest(
+            f"The request body ended after {len(body):,} of the {declared:,} bytes its "
+            "Content-Length announces. Send the whole body, with a Content-Length that matches.",
+            code="IncompleteBody",
+        )
+    return body
 
 
 @rawhttp
@@ -113,18 +269,15 @@ def run(request: AMLRequest) -> AMLResponse:
             return AMLResponse("", 200, allow)
         return _error(
             BadRequest(
-                f"{request.method} is not supported on /score: POST a JSON body such as "
+                f"{request.method[:20]} is not supported on /score: POST a JSON body such as "
                 '{"data": [[...784 numbers...]]}.',
                 status=405,
                 code="MethodNotAllowed",
             ),
             allow,
         )
-    if (request.content_length or 0) > _max_body:
-        _discard_body(request)
-        return _error(batch_too_large(None, _classifier.max_batch))
     try:
-        body = _classifier.score(request.get_data(cache=False))
+        body = _classifier.score(_read_body(request))
     except BadRequest as exc:
         return _error(exc)
     return AMLResponse(body, 200, _JSON)

@@ -74,3 +74,7 @@ def run_python(tmp_path):
         )
 
     return run
+
+
+# The trained model and the scoring server, shared by tests/serving and tests/adversarial.
+pytest_plugins = ["tests.serving.server_fixtures"]

@@ -84,6 +84,7 @@ def test_first_rollout_creates_the_endpoint_and_serves_the_real_scorer(
 
     # Only the scoring code is uploaded (serving/.amlignore), under the folder's own name.
     assert sorted(name.rsplit("/", 2)[-2:][1] for name in fake.blobs) == [
+        "contract.py",
         "predictor.py",
         "score.py",
     ]
@@ -172,6 +173,27 @@ def test_failed_smoke_test_rolls_back_before_any_traffic_moves(fake, ml_client):
     assert fake.traffic_updates("mnist-digits") == [{"blue": 100}]
     assert ("mnist-digits", "green") not in fake.deployments
     assert fake.endpoints["mnist-digits"]["properties"]["traffic"] == {"blue": 100}
+
+
+def test_probabilities_that_do_not_sum_to_one_fail_the_smoke_test(fake, ml_client):
+    """Right digits, wrong numbers: softmax left out, say. Every digit is right, so only the
+    probabilities-sum check can stop this rollout."""
+
+    def unnormalised(deployment, body):
+        scores = [[0.5 if d == label else 0.1 for d in range(10)] for label in DIGITS.labels]
+        return 200, json.dumps({"predictions": DIGITS.labels, "probabilities": scores}).encode()
+
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    fake.scorer = unnormalised
+    with pytest.raises(rollout.RolloutError) as failure:
+        deploy(ml_client, model="azureml:tf-mnist:2")
+    message = str(failure.value)
+    assert "Smoke test of green failed" in message
+    assert "probabilities do not sum to 1 (sums [1.4, 1.4," in message
+    assert "of the sample digits are right" not in message  # accuracy was not the reason
+    assert "all traffic is back on blue" in message and "deleted green" in message
+    assert fake.traffic_updates("mnist-digits") == [{"blue": 100}]
+    assert ("mnist-digits", "green") not in fake.deployments
 
 
 def test_failure_half_way_moves_traffic_back(fake, ml_client):

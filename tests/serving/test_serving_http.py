@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from serving.local_server import LocalServer, ServerError
+from tests.serving.server_fixtures import listening_addresses
 
 pytestmark = pytest.mark.slow
 
@@ -34,19 +35,90 @@ def test_health_route_answers_once_init_has_run(scoring_server):
     assert scoring_server.server.startup_seconds is not None
 
 
-@pytest.mark.parametrize("version", ["2", "3"])
-def test_swagger_documents_the_request_and_response(scoring_server, version):
+PIXEL = {"type": "number", "minimum": 0, "maximum": 1}
+FLAT_BATCH = {  # 1 to 512 images of 784 pixels
+    "type": "array",
+    "minItems": 1,
+    "maxItems": 512,
+    "items": {"type": "array", "minItems": 784, "maxItems": 784, "items": PIXEL},
+}
+ROWS_BATCH = {  # 1 to 512 images of 28 rows of 28 pixels
+    "type": "array",
+    "minItems": 1,
+    "maxItems": 512,
+    "items": {
+        "type": "array",
+        "minItems": 28,
+        "maxItems": 28,
+        "items": {"type": "array", "minItems": 28, "maxItems": 28, "items": PIXEL},
+    },
+}
+
+
+def _without(schema: dict, *keys: str) -> dict:
+    return {k: v for k, v in schema.items() if k not in keys}
+
+
+@pytest.mark.parametrize("version", ["2", "3", "3.1"])
+def test_swagger_states_exactly_what_run_accepts_and_returns(scoring_server, version):
     reply = scoring_server.client.request("GET", f"/swagger.json?version={version}")
     assert reply.status == 200
     doc = reply.json()
-    schemas = doc["definitions"] if version == "2" else doc["components"]["schemas"]
-    request, response = schemas["ServiceInput"], schemas["ServiceOutput"]
-    assert list(request["properties"]) == ["data"]  # no stray "request" parameter
-    pixel = request["properties"]["data"]["items"]["items"]
-    assert pixel["type"] == "number"
+    if version == "2":
+        schemas, prefix = doc["definitions"], "#/definitions/"
+        operation = doc["paths"]["/score"]["post"]
+        assert operation["parameters"][0]["required"] is True
+        responses = {code: r["schema"]["$ref"] for code, r in operation["responses"].items()}
+    else:
+        schemas, prefix = doc["components"]["schemas"], "#/components/schemas/"
+        operation = doc["paths"]["/score"]["post"]
+        assert operation["requestBody"]["required"] is True
+        responses = {
+            code: r["content"]["application/json"]["schema"]["$ref"]
+            for code, r in operation["responses"].items()
+        }
+    expected_version = {"2": "2.0", "3": "3.0.3", "3.1": "3.1.0"}[version]
+    assert doc.get("openapi", doc.get("swagger")) == expected_version
+    request = schemas["ServiceInput"]
+    assert request["required"] == ["data"] and request["additionalProperties"] is False
+    data = _without(request["properties"]["data"], "description")
+    # Swagger 2.0 has no oneOf: it states the flat form, the one of the model's signature.
+    assert data == (FLAT_BATCH if version == "2" else {"oneOf": [FLAT_BATCH, ROWS_BATCH]})
     assert len(request["example"]["data"][0]) == 784
-    assert set(response["properties"]) == {"predictions", "probabilities"}
-    assert response["properties"]["probabilities"]["items"]["items"]["type"] == "number"
+
+    response = schemas["ServiceOutput"]
+    assert response["required"] == ["predictions", "probabilities"]
+    assert response["additionalProperties"] is False
+    predictions = _without(response["properties"]["predictions"], "description")
+    assert predictions == {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 512,
+        "items": {"type": "integer", "minimum": 0, "maximum": 9},
+    }
+    probabilities = _without(response["properties"]["probabilities"], "description")
+    ten = {"type": "array", "minItems": 10, "maxItems": 10, "items": PIXEL}
+    assert probabilities == {"type": "array", "minItems": 1, "maxItems": 512, "items": ten}
+
+    assert responses == {
+        "200": prefix + "ServiceOutput",
+        "400": prefix + "ScoringError",
+        "408": prefix + "ScoringError",
+        "413": prefix + "ScoringError",
+        "default": prefix + "ErrorResponse",  # the server's own errors: {"message": ...}
+    }
+    error = schemas["ScoringError"]
+    assert error["required"] == ["error"] and error["additionalProperties"] is False
+    assert error["properties"]["error"]["required"] == ["code", "message"]
+
+
+def test_server_listens_on_loopback_only(scoring_server):
+    """azmlinfsrv asks gunicorn for 0.0.0.0; the local server must listen on 127.0.0.1."""
+    port = scoring_server.server.port
+    log = scoring_server.server.log_path.read_text()
+    assert f"Listening at: http://127.0.0.1:{port} " in log, log[-2000:]
+    assert "0.0.0.0" not in log
+    assert listening_addresses(port) == ["127.0.0.1"]
 
 
 def test_scores_real_mnist_test_images_accurately(full_batch):
@@ -94,6 +166,7 @@ def _with_pixel(pixel: str, at: int = 3) -> bytes:
     return ('{"data": [[' + ", ".join(values) + "]]}").encode()
 
 
+ROWS_28 = json.dumps([[0.0] * 28] * 28)
 ROWS_27 = json.dumps({"data": [[[0.0] * 28] * 5 + [[0.0] * 27] + [[0.0] * 28] * 22]})
 
 # (id, body, status, error code, fragments the message must contain)
@@ -133,6 +206,18 @@ BAD_REQUESTS = [
     ("huge-int", _with_pixel("1" + "0" * 400), 400, "InvalidValue", ["outside [0, 1]"]),
     ("deep-nesting", b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400,
      "InvalidShape", ["too deeply"]),
+    ("deep-objects", b'{"data": ' + b'{"a": ' * 100_000 + b"0" + b"}" * 100_001, 400,
+     "InvalidShape", ["too deeply"]),
+    ("5000-digit-int", _with_pixel("1" * 5000), 400, "NotJson",
+     ["more than 4,300 digits", "between 0 and 1"]),
+    ("huge-exponent", _with_pixel("1e999999"), 400, "InvalidValue", ["Pixel 3 of image 0 is inf"]),
+    ("lone-surrogate", _with_pixel('"\\ud800"'), 400, "InvalidValue",
+     ["Pixel 3 of image 0 is the string", "not a number"]),
+    ("surrogate-key", b'{"\\udc00": 1}', 400, "WrongKeys", ['no "data" key', '"\\udc00"']),
+    ("object-pixel", _with_pixel('{"value": 0.5}'), 400, "InvalidValue",
+     ["Pixel 3 of image 0 is an object"]),
+    ("mixed-shapes", f'{{"data": [{_image()}, {_image()}, {ROWS_28}]}}'.encode(), 400,
+     "InvalidShape", ["Image 0 is flat (784 numbers) but image 2 is 28x28", "same shape"]),
     ("over-limit", f'{{"data": [{", ".join([_image()] * (MAX_BATCH + 1))}]}}'.encode(), 413,
      "BatchTooLarge", [f"batch of {MAX_BATCH + 1} images", f"at most {MAX_BATCH}"]),
 ]  # fmt: skip
@@ -153,6 +238,15 @@ def test_bad_requests_get_a_4xx_that_says_what_to_fix(
     assert error["code"] == code
     for fragment in fragments:
         assert fragment in error["message"], error["message"]
+
+
+def test_a_long_unknown_key_is_not_echoed_back(scoring_server):
+    body = f'{{"data": [{_image()}], "{"k" * 1_000_000}": 1}}'
+    reply = scoring_server.client.score(body)
+    assert reply.status == 400
+    message = reply.json()["error"]["message"]
+    assert len(reply.body) < 1000, len(reply.body)
+    assert 'unknown key(s) "kkkkkkkkkk' in message and "(1,000,002 characters)" in message
 
 
 def test_oversized_body_is_refused_before_it_is_parsed(scoring_server):

@@ -1,4 +1,7 @@
-"""Fixtures for the serving tests: the real trained model and the real scoring server.
+"""Fixtures for the serving and adversarial tests: the real trained model and scoring server.
+
+A pytest plugin (tests/conftest.py loads it), so that tests/serving and tests/adversarial share
+one training run and one server per session.
 
 ``trained_output`` runs ``python -m training.train --epochs 2`` once per session (real MNIST),
 ``scoring_server`` starts serving/score.py under ``azmlinfsrv`` on a free loopback port with
@@ -11,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -60,6 +64,40 @@ def mnist_test(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.x_test, data.y_test
 
 
+def _address(hex_address: str) -> str:
+    """An address of /proc/net/tcp{,6} (hex, in host byte order per 32-bit word) as text."""
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET if len(words) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, words)
+
+
+def listening_addresses(port: int) -> list[str]:
+    """The addresses the kernel has a listening TCP socket on for ``port`` (from /proc)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].split(":")
+            if int(hex_port, 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                found.append(_address(address))
+    return sorted(found)
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    """The gunicorn workers: the children of the azmlinfsrv (gunicorn master) process."""
+    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+    return sorted(int(pid) for pid in children)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (VmRSS from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
 @dataclass
 class Reply:
     status: int
@@ -95,6 +133,63 @@ class Client:
         body = payload if isinstance(payload, (bytes, str)) else json.dumps(payload)
         headers = {"Content-Type": "application/json", **kwargs.get("headers", {})}
         return self.request("POST", "/score", body, headers)
+
+
+def read_reply(sock: socket.socket) -> Reply:
+    """One HTTP/1.1 response from a socket (Content-Length framed, as azmlinfsrv answers)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(65536)
+        if not piece:
+            raise ConnectionError(f"the server closed the connection; got {data[:200]!r}")
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    length = int(headers.get("Content-Length", 0))
+    while len(body) < length:
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        body += piece
+    return Reply(int(lines[0].split()[1]), headers, body[:length])
+
+
+def raw_request(
+    port: int, data: bytes, *, host: str = "127.0.0.1", then: str = "wait", timeout: float = 30
+) -> Reply:
+    """Send ``data`` as it is (framing and all), then read the reply. ``then``: ``"wait"``
+    keeps the connection open (a stalled client), ``"close"`` ends the upload (truncated).
+
+    Like any careful HTTP client, it reads the reply even when the server answered (a 413,
+    say) and closed before the whole body was sent."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+            if then == "close":
+                sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            try:
+                return read_reply(sock)
+            except OSError:
+                raise exc from None
+        return read_reply(sock)
+
+
+def chunked(pieces: list[bytes]) -> bytes:
+    """A chunked request body: each piece as one chunk, then the last chunk."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+def post_head(
+    length: int | None = None, extra: str = "", content_type: str = "application/json"
+) -> bytes:
+    """The head of a POST /score: Content-Length ``length``, or chunked when None."""
+    framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
+    return (
+        f"POST /score HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
+        f"{extra}{framing}\r\n\r\n"
+    ).encode()
 
 
 @dataclass

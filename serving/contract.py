@@ -1,0 +1,155 @@
+"""The published API of ``/score``: the JSON schemas that ``/swagger.json`` serves.
+
+Uploaded with ``score.py`` (no web server or TensorFlow here): :func:`complete` fills
+azmlinfsrv's generated OpenAPI document (Swagger 2.0 or OpenAPI 3.x) with what ``run()``
+really accepts and returns, from the shapes of the loaded model and the batch limit:
+
+- request ``{"data": [image, ...]}``: ``data`` required and the only key, 1 to ``max_batch``
+  images, each ``pixels`` numbers or ``side`` lists of ``side`` numbers (all images of one
+  request in one of the two forms), every number in [0, 1];
+- response 200 ``{"predictions": [int], "probabilities": [[classes numbers in [0, 1]]]}``;
+- 400, 408 and 413 (and 405 for other methods): ``{"error": {"code": str, "message": str}}``.
+
+Swagger 2.0 has no ``oneOf``: its document states the flat form, the one in the model's
+signature, and names the other in its description; OpenAPI 3 states both exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ERROR_STATUSES = {
+    "400": "The request is not a batch of images in the documented form; the message says "
+    "what is wrong and how to fix it.",
+    "408": "The request body did not arrive in time (a slow or stalled upload).",
+    "413": "The batch or the body is over this endpoint's limit; split the batch.",
+}
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """What one request may hold: from the model (pixels, side, classes) and the deployment."""
+
+    pixels: int
+    side: int | None  # images may also be sent as `side` rows of `side` numbers
+    classes: int
+    max_batch: int
+
+
+def _pixel() -> dict[str, Any]:
+    return {"type": "number", "minimum": 0, "maximum": 1}
+
+
+def _list(items: dict[str, Any], low: int, high: int) -> dict[str, Any]:
+    return {"type": "array", "items": items, "minItems": low, "maxItems": high}
+
+
+def _batches(shapes: Shapes) -> list[dict[str, Any]]:
+    """One batch schema per image form: flat first, then rows when the image is square."""
+    flat = _list(_pixel(), shapes.pixels, shapes.pixels)
+    forms = [flat]
+    if shapes.side:
+        forms.append(_list(_list(_pixel(), shapes.side, shapes.side), shapes.side, shapes.side))
+    return [_list(form, 1, shapes.max_batch) for form in forms]
+
+
+def _description(shapes: Shapes) -> str:
+    rows = f" or {shapes.side} lists of {shapes.side} numbers" if shapes.side else ""
+    return (
+        f"A batch of 1 to {shapes.max_batch} images (SCORING_MAX_BATCH), each {shapes.pixels} "
+        f"numbers{rows}, all in one form; pixels scaled to [0, 1]."
+    )
+
+
+def request_schema(shapes: Shapes, version: str) -> dict[str, Any]:
+    """The request body's schema (``ServiceInput``)."""
+    batches = _batches(shapes)
+    data = batches[0] if version.startswith("2") or len(batches) == 1 else {"oneOf": batches}
+    return {
+        "type": "object",
+        "required": ["data"],
+        "additionalProperties": False,
+        "properties": {"data": {**data, "description": _description(shapes)}},
+        "example": {"data": [[0.0] * shapes.pixels]},
+    }
+
+
+def response_schema(shapes: Shapes) -> dict[str, Any]:
+    """The 200 answer's schema (``ServiceOutput``)."""
+    label = {"type": "integer", "minimum": 0, "maximum": shapes.classes - 1}
+    row = _list(_pixel(), shapes.classes, shapes.classes)
+    return {
+        "type": "object",
+        "required": ["predictions", "probabilities"],
+        "additionalProperties": False,
+        "properties": {
+            "predictions": {
+                **_list(label, 1, shapes.max_batch),
+                "description": "The most likely class of each image, in request order.",
+            },
+            "probabilities": {
+                **_list(row, 1, shapes.max_batch),
+                "description": f"The {shapes.classes} class probabilities of each image.",
+            },
+        },
+        "example": {"predictions": [7], "probabilities": [[0.1] * shapes.classes]},
+    }
+
+
+def error_schema() -> dict[str, Any]:
+    """The body of every 4xx that ``run()`` answers (``ScoringError``)."""
+    return {
+        "type": "object",
+        "required": ["error"],
+        "additionalProperties": False,
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "additionalProperties": False,
+                "properties": {
+                    "code": {"type": "string", "description": "Stable, e.g. InvalidShape."},
+                    "message": {"type": "string", "description": "What is wrong, how to fix."},
+                },
+            }
+        },
+        "example": {"error": {"code": "EmptyBatch", "message": '"data" is empty. ...'}},
+    }
+
+
+def _score_operation(document: dict[str, Any]) -> dict[str, Any]:
+    paths = [path for path in document["paths"] if path.rstrip("/").endswith("/score")]
+    if len(paths) != 1:
+        raise ValueError(f"expected one /score path in the server's document, found {paths}")
+    return document["paths"][paths[0]]["post"]
+
+
+def complete(document: dict[str, Any], version: str, shapes: Shapes) -> dict[str, Any]:
+    """azmlinfsrv's document for ``version`` ("2", "3", "3.1"), completed in place."""
+    operation = _score_operation(document)
+    operation["description"] = (
+        f"Classify a batch of images. {_description(shapes)} Other methods than POST get a "
+        "405 with the same error body as a 400."
+    )
+    schemas = {
+        "ServiceInput": request_schema(shapes, version),
+        "ServiceOutput": response_schema(shapes),
+        "ScoringError": error_schema(),
+    }
+    if version.startswith("2"):
+        document["definitions"].update(schemas)
+        operation["parameters"][0]["required"] = True
+        ref = {"$ref": "#/definitions/ScoringError"}
+        errors = {
+            code: {"description": text, "schema": ref} for code, text in ERROR_STATUSES.items()
+        }
+    else:
+        document["components"]["schemas"].update(schemas)
+        operation["requestBody"]["required"] = True
+        content = {"application/json": {"schema": {"$ref": "#/components/schemas/ScoringError"}}}
+        errors = {
+            code: {"description": text, "content": content} for code, text in ERROR_STATUSES.items()
+        }
+    operation["responses"].update(errors)
+    return document
