@@ -26,6 +26,9 @@ import numpy as np
 from scripts import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
+TEST_IMAGES = 10_000  # MNIST's test set
+# what training writes into its output folder: a folder with none of these is no run of it
+RUN_MARKS = ("checkpoints", "metrics.json", "model")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,11 +39,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output-dir", default="outputs/demo", help="(default %(default)s)")
     parser.add_argument("--data-folder", help="MNIST folder (default: $MNIST_DATA_DIR or download)")
-    parser.add_argument("--fresh", action="store_true", help="discard earlier checkpoints first")
     parser.add_argument(
-        "--images", type=int, default=10_000, help="test images to score (default: all)"
+        "--fresh", action="store_true", help="discard the output folder's earlier run first"
+    )
+    parser.add_argument(
+        "--images",
+        type=_image_count,
+        default=TEST_IMAGES,
+        help=f"test images to score, 1 to {TEST_IMAGES:,} (default: all)",
     )
     parser.set_defaults(func=run_demo)
+
+
+def _image_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= count <= TEST_IMAGES:
+        raise argparse.ArgumentTypeError(
+            f"{text} is out of range: MNIST has {TEST_IMAGES:,} test images, score 1 to "
+            f"{TEST_IMAGES:,}"
+        )
+    return count
 
 
 def train_step(output_dir: Path, data_folder: str | None) -> dict:
@@ -54,8 +75,47 @@ def train_step(output_dir: Path, data_folder: str | None) -> dict:
     return json.loads((output_dir / "metrics.json").read_text())
 
 
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse an output folder that is a file or lies under one, before anything runs."""
+    for folder in (output_dir, *output_dir.parents):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(
+                f"--output-dir {output_dir}: {folder} is a file, not a folder; "
+                "choose a folder (it is made if missing)"
+            )
+
+
+def check_discardable(output_dir: Path) -> None:
+    """``--fresh`` removes the folder: only when it holds a training run and nothing else
+    that matters (never the repository, the working directory, home or a folder above them)."""
+    if not output_dir.exists():
+        return
+    protected = {
+        ROOT: "the repository",
+        Path.cwd().resolve(): "the working directory",
+        Path.home().resolve(): "your home folder",
+    }
+    holds = [p for p in protected if p == output_dir or output_dir in p.parents]
+    entries = {entry.name for entry in output_dir.iterdir()}
+    if holds:
+        what = protected[holds[0]]
+        why = f"is {what}" if holds[0] == output_dir else f"holds {what} ({holds[0]})"
+    elif entries and not entries & set(RUN_MARKS):
+        why = "holds no training run (no checkpoints/, metrics.json or model/)"
+    else:
+        return
+    raise UserError(
+        f"--fresh would delete {output_dir}, which {why}: point --output-dir at the demo's "
+        "own folder (default outputs/demo)"
+    )
+
+
 def run_demo(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir).resolve()
+    check_output_dir(output_dir)
+    if args.fresh:
+        check_discardable(output_dir)
+    test = load_test_images(args.data_folder, args.images)  # bad data stops before training
     if args.fresh:
         shutil.rmtree(output_dir, ignore_errors=True)
     metrics = train_step(output_dir, args.data_folder)
@@ -69,8 +129,19 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"Pictures: {output_dir}/training_curves.png, {output_dir}/confusion_matrix.png")
     name, version = register_locally(output_dir / "model", metrics)
     print(f"Registered: MLflow model {name} version {version} ({mlflow_uri()})")
-    serve_and_score(output_dir / "model", args.data_folder, args.images, metrics["test_accuracy"])
+    serve_and_score(output_dir / "model", test, metrics["test_accuracy"])
     return 0
+
+
+def load_test_images(data_folder: str | None, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` MNIST test images (784 values in [0, 1]) and their labels."""
+    from training.data import DataError, load_mnist
+
+    try:
+        data = load_mnist(data_folder)
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+    return data.x_test[:count].reshape(-1, 784) / 255.0, data.y_test[:count]
 
 
 def mlflow_uri() -> str:
@@ -100,19 +171,13 @@ def register_locally(model_dir: Path, metrics: dict) -> tuple[str, str]:
 
 
 def serve_and_score(
-    model_dir: Path, data_folder: str | None, count: int, test_accuracy: float
+    model_dir: Path, test: tuple[np.ndarray, np.ndarray], test_accuracy: float
 ) -> None:
     from serving import specs
     from serving.client import post_local
     from serving.local_server import LocalServer, ServerError
-    from training.data import DataError, load_mnist
 
-    try:
-        test = load_mnist(data_folder)
-    except DataError as exc:
-        raise UserError(str(exc)) from None
-    pixels = test.x_test[:count].reshape(-1, 784) / 255.0
-    labels = test.y_test[:count]
+    pixels, labels = test
     settings = specs.server_settings()
     with tempfile.TemporaryDirectory() as scratch:
         server = LocalServer(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from scripts.__main__ import main
 
 
+@pytest.mark.slow
 def test_demo_trains_registers_serves_and_scores(mnist_dir, tmp_path, run_python):
     out = tmp_path / "demo"
     result = run_python("-m", "scripts", "demo", "--output-dir", str(out), "--images", "3000")
@@ -31,3 +33,59 @@ def test_demo_trains_registers_serves_and_scores(mnist_dir, tmp_path, run_python
     import tensorflow as tf
 
     assert version.tags["framework_version"] == tf.__version__
+
+
+def demo(capsys, *argv: str) -> tuple[int, str]:
+    """``python -m scripts demo ARGV`` in this process: (exit status, stderr)."""
+    try:
+        status = main(["demo", *argv])
+    except SystemExit as exc:  # argparse's usage errors
+        status = exc.code
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        ("0", "argument --images: 0 is out of range: MNIST has 10,000 test images, score 1 to"),
+        ("-3", "argument --images: -3 is out of range"),
+        ("10001", "argument --images: 10001 is out of range"),
+        ("all", "argument --images: 'all' is not a whole number"),
+    ],
+)
+def test_demo_refuses_an_image_count_before_training(
+    tmp_path: Path, capsys, images: str, message: str
+) -> None:
+    out = tmp_path / "demo"
+    status, err = demo(capsys, "--output-dir", str(out), "--images", images)
+    assert status == 2 and message in err
+    assert not out.exists()  # nothing trained
+
+
+def test_demo_refuses_an_output_folder_that_is_a_file(tmp_path: Path, capsys) -> None:
+    (tmp_path / "notes").write_text("keep me")
+    status, err = demo(capsys, "--output-dir", str(tmp_path / "notes" / "demo"))
+    assert status == 2
+    assert f"error: --output-dir {tmp_path}/notes/demo: {tmp_path}/notes is a file" in err
+    assert (tmp_path / "notes").read_text() == "keep me"
+
+
+def test_demo_checks_the_data_before_training(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "demo"
+    status, err = demo(capsys, "--output-dir", str(out), "--data-folder", str(tmp_path / "empty"))
+    assert status == 2 and "lacks train-images-idx3-ubyte.gz" in err
+    assert not out.exists()
+
+
+def test_demo_fresh_never_deletes_what_is_no_training_run(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "thesis.tex").write_text("years of work")
+    status, err = demo(capsys, "--fresh", "--output-dir", str(tmp_path))
+    assert status == 2
+    assert f"--fresh would delete {tmp_path}, which holds no training run" in err
+    monkeypatch.chdir(tmp_path / "..")
+    status, err = demo(capsys, "--fresh", "--output-dir", "..")
+    assert status == 2 and f"holds the working directory ({tmp_path.parent})" in err
+    assert (tmp_path / "thesis.tex").read_text() == "years of work"
