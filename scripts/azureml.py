@@ -544,7 +544,8 @@ def model_tags(model_dir: Any) -> dict[str, str]:
         )
     for name in ("requirements.txt", "conda.yaml"):
         path = model_dir / name
-        match = _FRAMEWORK_PIN.search(path.read_text()) if path.is_file() else None
+        text = path.read_text(errors="replace") if path.is_file() else ""
+        match = _FRAMEWORK_PIN.search(text)
         if match:
             return {"framework": "TensorFlow", "framework_version": match.group(1)}
     raise UserError(

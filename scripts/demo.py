@@ -77,12 +77,14 @@ def train_step(output_dir: Path, data_folder: str | None) -> dict:
 
 def check_output_dir(output_dir: Path) -> None:
     """Refuse an output folder that is a file or lies under one, before anything runs."""
-    for folder in (output_dir, *output_dir.parents):
-        if folder.exists() and not folder.is_dir():
-            raise UserError(
-                f"--output-dir {output_dir}: {folder} is a file, not a folder; "
-                "choose a folder (it is made if missing)"
-            )
+    from scripts.localjob import file_in_the_way
+
+    blocker = file_in_the_way(output_dir)
+    if blocker is not None:
+        raise UserError(
+            f"--output-dir {output_dir}: {blocker} is a file, not a folder; "
+            "choose a folder (it is made if missing)"
+        )
 
 
 def check_discardable(output_dir: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from scripts import UserError
 
 DEFAULT_OUTPUTS = Path("outputs")
+_OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")  # a job's input/output name
 
 
 def register(subparsers: Any) -> None:
@@ -75,10 +77,12 @@ def register(subparsers: Any) -> None:
         "framework_version (what SDK v1's model_framework recorded).",
     )
     source = model.add_mutually_exclusive_group(required=True)
-    source.add_argument("--job", help="name of a finished Azure ML job")
+    source.add_argument("--job", type=_job_name, help="name of a finished Azure ML job")
     source.add_argument("--model-dir", type=Path, help="a local model folder (OUTPUT_DIR/model)")
     model.add_argument("--name", default=None, help="model name (default: tf-mnist)")
-    model.add_argument("--output", default="run", help="the job's output (default %(default)s)")
+    model.add_argument(
+        "--output", type=_output_name, default="run", help="the job's output (default %(default)s)"
+    )
     model.add_argument(
         "--to",
         type=Path,
@@ -93,8 +97,10 @@ def register(subparsers: Any) -> None:
         help="download a finished job's output (model, metrics, pictures)",
         description="Download OUTPUT of a finished Azure ML job to TO/<job>/named-outputs/OUTPUT.",
     )
-    download.add_argument("--job", required=True, help="name of a finished Azure ML job")
-    download.add_argument("--output", default="run", help="default %(default)s")
+    download.add_argument(
+        "--job", required=True, type=_job_name, help="name of a finished Azure ML job"
+    )
+    download.add_argument("--output", type=_output_name, default="run", help="default %(default)s")
     download.add_argument("--to", type=Path, default=DEFAULT_OUTPUTS, help="default %(default)s")
     add_workspace_arguments(download, compute=False)
     download.set_defaults(func=cmd_download)
@@ -134,6 +140,15 @@ def _job_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _output_name(text: str) -> str:
+    if not _OUTPUT_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an output name: letters, digits and '_', not starting with a digit "
+            "(the spec's outputs, e.g. run)"
+        )
+    return text
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -167,6 +182,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- Azure
+
+
+def _check_destination(folder: Path) -> None:
+    """``--to``: refuse a file in the way before any sign-in or download."""
+    from scripts.localjob import file_in_the_way
+
+    blocker = file_in_the_way(folder.resolve())
+    if blocker is not None:
+        raise UserError(f"--to: {blocker} is a file, not a folder; point --to at a folder")
 
 
 def cmd_submit(args: argparse.Namespace, *, credential: Any = None, **client_kwargs: Any) -> int:
@@ -205,6 +229,8 @@ def cmd_register(args: argparse.Namespace, *, credential: Any = None, **client_k
 
     if args.model_dir is not None:
         model_tags(args.model_dir)  # a folder that is no model fails before any sign-in
+    else:
+        _check_destination(args.to / args.job)
     target, ml_client = connect(args, credential=credential, **client_kwargs)
     name = args.name or MODEL_NAME
     with azure_errors(target):
@@ -228,6 +254,7 @@ def cmd_register(args: argparse.Namespace, *, credential: Any = None, **client_k
 def cmd_download(args: argparse.Namespace, *, credential: Any = None, **client_kwargs: Any) -> int:
     from scripts.azureml import azure_errors, connect, download_output
 
+    _check_destination(args.to / args.job)
     target, ml_client = connect(args, credential=credential, **client_kwargs)
     with azure_errors(target):
         download_output(

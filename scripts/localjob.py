@@ -88,6 +88,14 @@ def check_job_name(name: str) -> str:
     return name
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file that ``folder`` is, or lies under (so it cannot be made), if any."""
+    for path in (folder, *folder.parents):
+        if path.exists() and not path.is_dir():
+            return path
+    return None
+
+
 def prepare_outputs(outputs_root: Path, job_name: str, names: list[str]) -> dict[str, Path]:
     """Make a fresh folder ``OUTPUTS/<job name>/<output>`` for each output.
 
@@ -96,12 +104,12 @@ def prepare_outputs(outputs_root: Path, job_name: str, names: list[str]) -> dict
     """
     root = outputs_root.resolve()
     job_dir = root / check_job_name(job_name)
-    for folder in (job_dir, *job_dir.parents):
-        if folder.exists() and not folder.is_dir():
-            raise UserError(
-                f"{folder} is a file, not a folder: point --outputs at a folder "
-                "(it is made if missing)"
-            )
+    blocker = file_in_the_way(job_dir)
+    if blocker is not None:
+        raise UserError(
+            f"{blocker} is a file, not a folder: point --outputs at a folder "
+            "(it is made if missing)"
+        )
     if job_dir.is_dir() and any(job_dir.iterdir()):
         raise UserError(f"{job_dir} already holds a run: choose another --name or remove it")
     outputs = {name: job_dir / name for name in names}

@@ -502,3 +502,45 @@ def test_a_folder_that_is_not_an_mlflow_model_is_refused(
     with pytest.raises(UserError, match=r"is not an MLflow model \(no MLmodel file\)"):
         cli(fake, "register", "--model-dir", str(tmp_path))
     assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("register", "--job", "../../elsewhere"), "argument --job: job name '../../elsewhere'"),
+        (("download", "--job", "a/b"), "argument --job: job name 'a/b' is not valid"),
+        (("download", "--job", "calm_river_42", "--output", "../run"), "'../run' is not an output"),
+        (("register", "--job", "calm_river_42", "--output", "run/model"), "'run/model' is not an"),
+    ],
+)
+def test_job_and_output_names_that_are_paths_are_usage_errors(
+    fake: FakeWorkspace, tmp_path: Path, capsys, argv: tuple[str, ...], message: str
+) -> None:
+    finished_job(fake, "calm_river_42")
+    with pytest.raises(SystemExit) as exited:
+        cli(fake, *argv, "--to", str(tmp_path / "to"))
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert fake.requests == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["download", "register"])
+def test_a_file_in_the_way_of_the_download_is_refused_before_signing_in(
+    fake: FakeWorkspace, tmp_path: Path, command: str
+) -> None:
+    finished_job(fake, "calm_river_42")
+    (tmp_path / "notes").write_text("keep me")
+    with pytest.raises(UserError, match=rf"^--to: {tmp_path}/notes is a file, not a folder"):
+        cli(fake, command, "--job", "calm_river_42", "--to", str(tmp_path / "notes"))
+    assert fake.requests == []
+    assert (tmp_path / "notes").read_text() == "keep me"
+
+
+def test_a_model_whose_requirements_are_not_text_is_refused(
+    fake: FakeWorkspace, tmp_path: Path
+) -> None:
+    model = fake_model(tmp_path / "model")
+    (model / "requirements.txt").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(UserError, match=r"does not say which TensorFlow made it"):
+        cli(fake, "register", "--model-dir", str(model))
+    assert fake.requests == []
