@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import ROOT
 from training.distribute import ClusterConfigError, parse_tf_config, promote_chief
 
 WORKERS = ["w0:1", "w1:2", "w2:3"]
@@ -116,34 +117,100 @@ def test_global_batch_larger_than_the_data_is_a_usage_error():
         Trainer(parse_args(["--batch-size", "600"]), runtime, data)
 
 
-def test_optimizer_sums_gradients_across_replicas():
-    """The loop divides the loss by the global batch and relies on the Keras optimizer to
-    all-reduce (sum) replica gradients. Two replicas see different data; a step must apply
-    the sum of their gradients to every copy of the variable."""
+def test_two_replica_step_equals_one_replica_step_on_the_same_global_batch():
+    """The Trainer under MirroredStrategy on two (logical CPU) replicas: the peak learning
+    rate is scaled by sqrt(2), the global batch is twice the per-replica batch, the replicas
+    read the two halves of one global batch, and one synchronous step applies exactly the
+    update that
+    one replica makes on the whole global batch (loss divided by the global batch, replica
+    gradients summed). Adam's first moments are compared: unlike Adam's first update, they
+    scale with the gradient, so a wrong loss scale cannot hide."""
     script = textwrap.dedent(
         """
-        import tensorflow as tf, keras
+        import json, math
+        from pathlib import Path
+        import numpy as np, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
-        two = [tf.config.LogicalDeviceConfiguration()] * 2
-        tf.config.set_logical_device_configuration(cpu, two)
+        two_cpus = [tf.config.LogicalDeviceConfiguration()] * 2
+        tf.config.set_logical_device_configuration(cpu, two_cpus)
+        from training.data import Mnist
+        from training.distribute import Runtime
+        from training.train import Trainer, parse_args
+
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (800, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, 800).astype(np.uint8)
+        data = Mnist(images, labels, images[:10], labels[:10], Path())
+        common = ["--dropout", "0", "--epochs", "2", "--no-tracking"]
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-        with strategy.scope():
-            w = tf.Variable(0.0)
-            opt = keras.optimizers.SGD(1.0)
-            opt.build([w])
-        def step(x):
-            with tf.GradientTape() as tape:
-                loss = w * x / 2.0
-            grads = tape.gradient(loss, [w])
-            opt.apply_gradients(zip(grads, [w]))
-        values = strategy.experimental_distribute_values_from_function(
-            lambda ctx: tf.constant([1.0, 3.0][ctx.replica_id_in_sync_group]))
-        tf.function(lambda v: strategy.run(step, args=(v,)))(values)
-        print([float(v.numpy()) for v in w.values])
+        two = Trainer(parse_args(common + ["--batch-size", "100"]),
+                      Runtime("mirrored", strategy, num_replicas=2), data)
+        rate = str(0.003 * math.sqrt(2))
+        one = Trainer(parse_args(common + ["--batch-size", "200", "--learning-rate", rate]),
+                      Runtime("single", tf.distribute.get_strategy()), data)
+        one.model.set_weights(two.model.get_weights())
+        losses = [float(t._step(iter(t._epoch_dataset(0)))[0]) for t in (two, one)]
+        def moments(trainer):
+            return [v.numpy() for v in trainer.optimizer.variables
+                    if "momentum" in v.path]
+        weights = max(float(np.abs(a - b).max())
+                      for a, b in zip(two.model.get_weights(), one.model.get_weights()))
+        slots = max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
+                    for a, b in zip(moments(two), moments(one)))
+        print(json.dumps({
+            "peak_ratio": two.schedule.peak / 0.003,
+            "global_batch": two.global_batch,
+            "steps": two.steps_per_epoch,
+            "losses": losses,
+            "weights": weights,
+            "moments": len(moments(two)),
+            "slots": slots,
+        }))
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "[-2.0, -2.0]"
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["peak_ratio"] == pytest.approx(2**0.5)
+    assert report["global_batch"] == 200 and report["steps"] == 4  # 800 examples / 200
+    assert report["losses"][0] == pytest.approx(report["losses"][1], rel=1e-5)
+    assert report["moments"] == 6  # one first moment per weight
+    assert report["slots"] < 1e-4, report
+    assert report["weights"] < 1e-5, report  # the step itself moves weights by ~4e-3
+
+
+def test_each_worker_reads_its_own_part_of_every_epochs_permutation():
+    """make_dataset with an input context (one per worker under tf.distribute): the shards
+    are disjoint, together they are the whole epoch, shard i is every 2nd example of the
+    seeded permutation from i on, and the next epoch is another permutation."""
+    import tensorflow as tf
+
+    from training.train import make_dataset
+
+    count, batch = 1_000, 50
+    index = np.arange(count)
+    # Each image spells its own index in its first two pixels.
+    images = np.zeros((count, 784), np.uint8)
+    images[:, 0], images[:, 1] = index // 256, index % 256
+
+    def read(epoch: int, shard: int) -> np.ndarray:
+        context = tf.distribute.InputContext(2, shard, 2)
+        dataset = make_dataset(images, index, batch, seed=3, epoch=epoch, input_context=context)
+        pixels = np.concatenate([np.rint(x.numpy()[:, :2] * 255) for x, _ in dataset])
+        return (pixels[:, 0] * 256 + pixels[:, 1]).astype(int)
+
+    first, second = read(0, 0), read(0, 1)
+    assert len(first) == len(second) == count // 2
+    assert not set(first) & set(second)
+    assert sorted(np.concatenate([first, second])) == list(range(count))
+    permutation = np.empty(count, int)
+    permutation[0::2], permutation[1::2] = first, second
+    assert permutation.tolist() != list(range(count))  # shuffled, not in file order
+    assert not np.array_equal(read(1, 0), first)  # a new order every epoch
+    np.testing.assert_array_equal(read(0, 0), first)  # and the same one on a resume
