@@ -110,7 +110,9 @@ def stop_and_check(process: subprocess.Popen, sig: int, grace: float) -> set[int
     return started
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda sig: sig.name
+)
 def test_a_signal_to_run_stops_every_process_it_started(tmp_path: Path, sig: int) -> None:
     (tmp_path / "stalled.yml").write_text(STALLED_SPEC)
     process, out, err = start_launcher(tmp_path, str(tmp_path / "stalled.yml"), "--name", "s")
