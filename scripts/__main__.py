@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scripts.serving",
     "scripts.infra",
     "scripts.jobs",
+    "scripts.batch",
 )
 
 
