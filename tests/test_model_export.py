@@ -310,7 +310,10 @@ def train_mode(mode: str, folder: Path) -> Path:
         command += ["--output-dir", str(folder / "run")]
         output = folder / "run"
     elif mode == "horovod":
-        python = build_env.ensure(say=lambda message: print(message, flush=True))
+        try:
+            python = build_env.ensure(say=lambda message: print(message, flush=True))
+        except build_env.HorovodEnvError as exc:
+            pytest.fail(f"The Horovod environment cannot be built here: {exc}", pytrace=False)
         command = [str(python.parent / "horovodrun"), "--gloo", "-np", "2", "-H", "localhost:2"]
         command += [str(python), "-m", "training.train", "--epochs", "1", "--no-tracking"]
         command += ["--output-dir", str(folder / "run")]
