@@ -33,6 +33,8 @@ CPU_CLUSTER_NAME = "cpu-cluster"
 DATASETS_CONTAINER = "datasets"
 DATASETS_DATASTORE = "datasets"
 
+# An address an e-mail receiver accepts: one @, a dot in the domain, no spaces or commas.
+_EMAIL = re.compile(r"^[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _PLACEHOLDER_GUID = "00000000-0000-0000-0000-000000000000"
 _PROJECT = re.compile(r"^[a-z][a-z0-9]{1,9}$")
@@ -134,6 +136,16 @@ class Principal:
 
 
 @dataclass(frozen=True)
+class AlertThresholds:
+    """When the online endpoint alerts fire (each value from its ``alert*`` config key)."""
+
+    server_error_percent: int  # alertServerErrorPercent: share of 5xx answers
+    latency_p99_ms: int  # alertLatencyP99Ms: 99th-percentile request duration
+    cpu_percent: int  # alertCpuPercent: average CPU of a deployment instance
+    memory_percent: int  # alertMemoryPercent: average memory of a deployment instance
+
+
+@dataclass(frozen=True)
 class InfraConfig:
     """The validated configuration of one stack."""
 
@@ -147,6 +159,10 @@ class InfraConfig:
     data_scientists: tuple[Principal, ...]
     log_retention_days: int
     private_address_prefix: str
+    alert_emails: tuple[str, ...]
+    alerts: AlertThresholds
+    monthly_budget: int
+    budget_emails: tuple[str, ...]
 
     @property
     def private(self) -> bool:
@@ -339,6 +355,22 @@ def _principals(read: _Reader) -> list[Principal]:
     return principals
 
 
+def _emails(read: _Reader, key: str) -> tuple[str, ...]:
+    """E-mail addresses from a list key, each once (addresses ignore case)."""
+    found: list[str] = []
+    for address in read.strings(key):
+        if not _EMAIL.match(address):
+            read.problems.append(
+                f"{key}: {address!r} is not an e-mail address (name@domain); "
+                "list one address per entry"
+            )
+        elif address.lower() in (a.lower() for a in found):
+            read.problems.append(f"{key}: {address} is listed more than once; list it once")
+        else:
+            found.append(address)
+    return tuple(found)
+
+
 def validate_config(values: Mapping[str, Any], project: ProjectFile | None = None) -> InfraConfig:
     """Turn raw config values (key -> value; missing means the declared default) into an
     ``InfraConfig``, or raise ``ConfigError`` naming every wrong key and its allowed values.
@@ -426,6 +458,16 @@ def validate_config(values: Mapping[str, Any], project: ProjectFile | None = Non
             "from /16 to /27 (e.g. 10.42.0.0/24)"
         )
 
+    alert_emails = _emails(read, "alertEmails")
+    alerts = AlertThresholds(
+        server_error_percent=read.integer("alertServerErrorPercent", 1, 100),
+        latency_p99_ms=read.integer("alertLatencyP99Ms", 10, 60_000),
+        cpu_percent=read.integer("alertCpuPercent", 1, 100),
+        memory_percent=read.integer("alertMemoryPercent", 1, 100),
+    )
+    monthly_budget = read.integer("monthlyBudget", 1, 10_000_000)
+    budget_emails = _emails(read, "budgetContactEmails")
+
     read.problems += tag_problems(cost_tags(name, environment, owner), project.settings)
     if read.problems:
         raise ConfigError(read.problems)
@@ -440,6 +482,10 @@ def validate_config(values: Mapping[str, Any], project: ProjectFile | None = Non
         data_scientists=tuple(principals),
         log_retention_days=retention,
         private_address_prefix=prefix,
+        alert_emails=alert_emails,
+        alerts=alerts,
+        monthly_budget=monthly_budget,
+        budget_emails=budget_emails,
     )
 
 

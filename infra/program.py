@@ -6,6 +6,7 @@ already validated ``InfraConfig`` and returns the stack outputs.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pulumi
@@ -24,7 +25,9 @@ from infra.config import (
     resource_names,
     validate_config,
 )
+from infra.diagnostics import DiagnosticLogs, DiagnosticLogsArgs, core_log_sources
 from infra.network import PrivateNetwork, PrivateNetworkArgs, private_link_targets
+from infra.operations import Operations, OperationsArgs, budget_start_date
 from infra.outputs import OUTPUT_KEYS
 from infra.workspace import WorkspaceCore, WorkspaceCoreArgs
 
@@ -127,6 +130,38 @@ def build(cfg: InfraConfig) -> dict[str, pulumi.Input[object]]:
                 tags=cfg.tags,
             ),
         )
+
+    DiagnosticLogs(
+        "diagnostics",
+        DiagnosticLogsArgs(
+            log_analytics_id=core.log_analytics.id,
+            sources=core_log_sources(
+                core.workspace.id,
+                core.storage_account.id,
+                core.key_vault.id,
+                core.container_registry.id,
+                core.log_analytics.id,
+            ),
+        ),
+    )
+
+    Operations(
+        "operations",
+        OperationsArgs(
+            resource_group_name=group.name,
+            resource_group_id=group.id,
+            location=cfg.location,
+            name_prefix=f"{cfg.project}-{cfg.environment}",
+            log_analytics_id=core.log_analytics.id,
+            alert_emails=cfg.alert_emails,
+            thresholds=cfg.alerts,
+            monthly_budget=cfg.monthly_budget,
+            budget_emails=cfg.budget_emails,
+            # Used when the budget is created, ignored afterwards (see budget_start_date).
+            budget_start=budget_start_date(datetime.datetime.now(datetime.UTC).date()),
+            tags=cfg.tags,
+        ),
+    )
 
     values: dict[str, pulumi.Input[object]] = {
         "subscription_id": client.subscription_id,

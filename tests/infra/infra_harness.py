@@ -116,6 +116,26 @@ _ARM: dict[str, tuple[str, str, str]] = {
         "privateZoneName",
         r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
     ),
+    "azure-native:monitor:DiagnosticSetting": (
+        "",  # an extension resource: its ID hangs off the resource it configures
+        "name",
+        r"[^<>*%&:\\?+/]{1,260}",
+    ),
+    "azure-native:monitor:ActionGroup": (
+        "Microsoft.Insights/actionGroups",
+        "actionGroupName",
+        r"[a-zA-Z0-9][a-zA-Z0-9_.()-]{0,258}[a-zA-Z0-9_()]",
+    ),
+    "azure-native:monitor:ScheduledQueryRule": (
+        "Microsoft.Insights/scheduledQueryRules",
+        "ruleName",
+        r"[^*#&+:<>?@%{}\\/]{1,260}",
+    ),
+    "azure-native:consumption:Budget": (
+        "",  # an extension resource on its scope (here the resource group)
+        "budgetName",
+        r"[a-zA-Z0-9_-]{1,63}",
+    ),
     "azure-native:privatedns:VirtualNetworkLink": (
         "Microsoft.Network/privateDnsZones/{privateZoneName}/virtualNetworkLinks",
         "virtualNetworkLinkName",
@@ -154,6 +174,11 @@ class AzureMocks(pulumi.runtime.Mocks):
         elif args.typ == "azure-native:authorization:RoleAssignment":
             scope = inputs["scope"]
             resource_id = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"
+        elif args.typ == "azure-native:monitor:DiagnosticSetting":
+            uri = inputs["resourceUri"]
+            resource_id = f"{uri}/providers/Microsoft.Insights/diagnosticSettings/{name}"
+        elif args.typ == "azure-native:consumption:Budget":
+            resource_id = f"{inputs['scope']}/providers/Microsoft.Consumption/budgets/{name}"
         else:
             path = arm_type.format(**inputs)
             resource_id = (
@@ -243,6 +268,8 @@ class Registration:
     replace_on_changes: list[str]
     delete_before_replace: bool
     inputs: dict[str, Any]
+    ignore_changes: list[str] = field(default_factory=list)
+    id: str = ""  # the ARM ID the mocks answered (empty for components)
 
 
 class RecordingMonitor(MockMonitor):
@@ -266,6 +293,8 @@ class RecordingMonitor(MockMonitor):
                     replace_on_changes=list(request.replaceOnChanges),
                     delete_before_replace=request.deleteBeforeReplace,
                     inputs=rpc.deserialize_properties(request.object),
+                    ignore_changes=list(request.ignoreChanges),
+                    id=response.id,
                 )
             )
         return response

@@ -43,6 +43,13 @@ BAD_VALUES: dict[str, tuple[Any, str]] = {
     "dataScientistGroups": ('{"not": "a list"}', "expected a list of strings"),
     "logRetentionDays": (7, "allowed: 30 to 730"),
     "privateAddressPrefix": ("8.8.8.0/24", "private IPv4 CIDR"),
+    "alertEmails": (["oncall"], "'oncall' is not an e-mail address"),
+    "alertServerErrorPercent": (0, "allowed: 1 to 100"),
+    "alertLatencyP99Ms": (5, "allowed: 10 to 60000"),
+    "alertCpuPercent": (101, "allowed: 1 to 100"),
+    "alertMemoryPercent": ("high", "expected an integer"),
+    "monthlyBudget": (0, "allowed: 1 to 10000000"),
+    "budgetContactEmails": (["cfo@contoso.com", "CFO@contoso.com"], "listed more than once"),
 }
 
 
@@ -300,6 +307,28 @@ def test_a_fully_qualified_stack_name_reads_the_same_file() -> None:
     assert read_stack_values("acme/tf-mnist-azureml/prod", PROJECT) == read_stack_values(
         "prod", PROJECT
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "oncall@contoso.com,ml@contoso.com",  # `pulumi config set` as one string
+        '["oncall@contoso.com", "ml@contoso.com"]',  # as JSON
+        ["oncall@contoso.com", "ml@contoso.com"],
+    ],
+    ids=["comma-separated", "json", "list"],
+)
+def test_alert_emails_are_read_in_every_form_the_cli_passes(value: object) -> None:
+    cfg = validate_config({"alertEmails": value}, PROJECT)
+    assert cfg.alert_emails == ("oncall@contoso.com", "ml@contoso.com")
+
+
+@pytest.mark.parametrize(
+    "address", ["oncall", "oncall@contoso", "on call@contoso.com", "a@b@contoso.com"]
+)
+def test_malformed_budget_contacts_are_refused_naming_the_key(address: str) -> None:
+    message = _error({"budgetContactEmails": [address]})
+    assert f"- budgetContactEmails: {address!r} is not an e-mail address" in message
 
 
 def test_the_prod_example_is_private_with_a100_nodes() -> None:

@@ -56,6 +56,8 @@ def test_one_component_per_concern_with_children_named_from_it(private: Deployme
         "AccessControl",
         "ComputeClusters",
         "PrivateNetwork",
+        "DiagnosticLogs",
+        "Operations",
     }
     for component in components.values():
         children = [r for r in private.registrations if r.parent == component.urn]
@@ -178,6 +180,13 @@ EVERY_SETTING = {
     "dataScientistGroups": [GROUP],
     "logRetentionDays": 90,
     "privateAddressPrefix": "10.7.0.0/24",
+    "alertEmails": ["oncall@contoso.com"],
+    "alertServerErrorPercent": 2,
+    "alertLatencyP99Ms": 750,
+    "alertCpuPercent": 60,
+    "alertMemoryPercent": 65,
+    "monthlyBudget": 1234,
+    "budgetContactEmails": ["finance@contoso.com"],
 }
 
 
@@ -213,6 +222,23 @@ def test_every_setting_reaches_the_resources_it_configures() -> None:
     assert vnet["addressSpace"]["addressPrefixes"] == ["10.7.0.0/24"]
     assert {a["principalId"] for a in _role_assignments(deployment)} >= {USER, GROUP}
     assert _public_access(deployment)["azure-native:storage:StorageAccount"] == "Disabled"
+    receivers = deployment.one("azure-native:monitor:ActionGroup").inputs["emailReceivers"]
+    assert [r["emailAddress"] for r in receivers] == ["oncall@contoso.com"]
+    thresholds = {
+        r.inputs["ruleName"]: r.inputs["criteria"]["allOf"][0]["threshold"]
+        for r in deployment.of_type("azure-native:monitor:ScheduledQueryRule")
+    }
+    assert thresholds == {
+        "alert-vision-qa-server-errors": 2,
+        "alert-vision-qa-latency-p99": 750,
+        "alert-vision-qa-cpu": 60,
+        "alert-vision-qa-memory": 65,
+    }
+    budget = deployment.one("azure-native:consumption:Budget").inputs
+    assert budget["amount"] == 1234
+    assert {tuple(n["contactEmails"]) for n in budget["notifications"].values()} == {
+        ("finance@contoso.com",)
+    }
 
 
 # --- identity and RBAC ------------------------------------------------------------------
