@@ -61,7 +61,7 @@ horovod-env: ## Build (or reuse) the pinned Horovod virtualenv: TF 2.13 + horovo
 
 train-horovod: ## Train with Horovod on NP local processes (default 2) over Gloo into ./outputs
 	@HVD_PY="$$($(PYTHON) training/environments/horovod/build_env.py --print-python)" && \
-	"$$(dirname "$$HVD_PY")/horovodrun" --gloo -np $(or $(NP),2) -H localhost:$(or $(NP),2) \
+	"$$(dirname "$$HVD_PY")/horovodrun" --gloo -np $(or $(NP),2) -H 127.0.0.1:$(or $(NP),2) \
 		"$$HVD_PY" -m training.train
 
 lint: $(STAMP) ## Lint and check formatting with ruff
