@@ -48,7 +48,24 @@ def test_serve_runs_score_py_under_azmlinfsrv_with_the_deployments_settings(
     assert env["AZUREML_MODEL_DIR"] == str(model)
     for name, value in specs.server_settings().items():
         assert env[name] == value
+    # Loopback unless --host says otherwise: gunicorn_local.py rebinds azmlinfsrv's 0.0.0.0.
+    assert env["AZMLINFSRV_BIND_HOST"] == "127.0.0.1"
+    assert f"--config {specs.SERVING_DIR / 'gunicorn_local.py'}" in env["GUNICORN_CMD_ARGS"]
     assert "http://127.0.0.1:5123/score" in capsys.readouterr().out
+
+    assert cli(["serve", "--model-dir", str(model), "--host", "0.0.0.0"]) == 0
+    assert started["env"]["AZMLINFSRV_BIND_HOST"] == "0.0.0.0"
+    assert "listening on 0.0.0.0" in capsys.readouterr().out
+
+
+def test_gunicorn_hook_moves_every_address_to_the_host_keeping_ports():
+    from serving.gunicorn_local import rebind
+
+    assert rebind(["0.0.0.0:5001", "0.0.0.0:5000"], "127.0.0.1") == [
+        "127.0.0.1:5001",
+        "127.0.0.1:5000",
+    ]
+    assert rebind(["0.0.0.0:5001"], "::1") == ["[::1]:5001"]
 
 
 def test_serve_without_a_model_says_what_to_do(cli, tmp_path, capsys):

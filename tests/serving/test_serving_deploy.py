@@ -7,13 +7,17 @@ left serving. In the end-to-end test, the fake forwards scoring to the real loca
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 
+import numpy as np
 import pytest
 from serving_fake_azure import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, WS_PATH, FakeAzureML
 
 from serving import rollout
 from tests.azure_fakes import TOKEN, StaticCredential
+from tests.mlflow_nocode import score_nocode
 
 DIGITS = rollout.load_sample_digits()
 
@@ -257,21 +261,43 @@ def test_bad_steps_are_refused(ml_client):
         deploy(ml_client, steps=[50, 10])
 
 
-def test_no_code_deploys_the_mlflow_model_without_script_or_environment(fake, ml_client):
-    def mlflow_server(deployment, body):
-        request = json.loads(body)
-        assert set(request) == {"input_data"}  # MLflow's request format
-        probabilities = [[0.99 if d == y else 0.001 for d in range(10)] for y in DIGITS.labels]
-        return 200, json.dumps(probabilities).encode()
+@pytest.fixture(scope="module")
+def nocode_model(trained_output) -> Callable[[str | None, bytes], tuple[int, bytes]]:
+    """A no-code deployment of the real model folder training wrote: Azure ML's MLflow scoring
+    emulated in a clean process that cannot import this repository (tests/mlflow_nocode.py).
+    Answers are kept per request body (the rollout sends the same digits after each step)."""
+    model = trained_output / "model"
 
-    fake.scorer = mlflow_server
-    report = deploy(ml_client, no_code=True)
+    @functools.cache
+    def answer(body: bytes) -> tuple[int, bytes]:
+        status, payload = score_nocode(model, body)
+        return status, json.dumps(payload).encode()
+
+    return lambda deployment, body: answer(body)
+
+
+@pytest.mark.slow
+def test_no_code_deploys_the_real_mlflow_model_without_script_or_environment(
+    fake, ml_client, nocode_model
+):
+    fake.scorer = nocode_model
+    messages: list[str] = []
+    report = deploy(ml_client, messages, no_code=True)
     assert report.endpoint == "mnist-digits-mlflow"
+    assert report.traffic == {"blue": 100}
     (put,) = fake.arm_calls("PUT", "/onlineEndpoints/mnist-digits-mlflow/deployments/blue")
     properties = put.json()["properties"]
     assert "codeConfiguration" not in properties and "environmentId" not in properties
     assert properties["model"].startswith(f"{WS_PATH}/models/tf-mnist/versions/")
     assert not fake.blobs and not fake.arm_calls("PUT", "/environments/")
+    # The smoke test scored the 20 sample digits in MLflow's format, through the real model.
+    (request,) = {call.body for call in fake.scoring_calls()}
+    assert set(json.loads(request)) == {"input_data"}
+    status, body = nocode_model("blue", request)
+    assert status == 200
+    probabilities = np.asarray(json.loads(body))
+    assert probabilities.shape == (20, 10)
+    assert (probabilities.argmax(axis=1) == DIGITS.labels).mean() >= 0.9
 
 
 # ----------------------------------------------------------------- the command line
@@ -306,6 +332,13 @@ def test_deploy_command_rolls_out(fake, cli, capsys):
     out = capsys.readouterr().out
     assert "mnist-digits: all traffic on green; blue kept at 0%." in out
     assert fake.traffic_updates("mnist-digits") == [{"green": 50, "blue": 50}, {"green": 100}]
+
+
+@pytest.mark.slow
+def test_deploy_no_code_command_serves_the_real_model(fake, cli, nocode_model, capsys):
+    fake.scorer = nocode_model
+    assert cli(["deploy", "--no-code", "--step-wait", "0"]) == 0
+    assert "mnist-digits-mlflow: all traffic on blue." in capsys.readouterr().out
 
 
 def test_deploy_command_needs_all_three_workspace_flags(monkeypatch, capsys):
