@@ -276,11 +276,19 @@ def test_a_worker_that_is_not_the_chief_writes_nothing_into_the_output_dir(
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     out = tmp_path / "outputs"
+    # What the chief has written by the time the workers start: the run's record.
+    chiefs = out / "checkpoints" / "run.json"
+    chiefs.parent.mkdir(parents=True)
+    chiefs.write_text('{"written by": "the chief"}')
     config = parse_args(["--epochs", "2", "--batch-size", "100", "--output-dir", str(out)])
     runtime = Runtime(
         kind, tf.distribute.get_strategy(), is_chief=False, worker_index=1, num_workers=2
     )
     assert train(config, tiny_mnist(), runtime) is None
-    assert not out.exists() or list(out.rglob("*")) == []
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "checkpoints",
+        "checkpoints/run.json",
+    ]
+    assert chiefs.read_text() == '{"written by": "the chief"}'
     assert list(scratch.glob("ckpt-worker*")) == []  # its checkpoint scratch is removed
     assert not (tmp_path / "mlflow.db").exists()
