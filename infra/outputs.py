@@ -34,6 +34,9 @@ class StackOutputs:
     compute_identity_id: str
     compute_identity_client_id: str
     network_profile: str
+    # Where the rollout points each online deployment's diagnostic setting (its CPU and
+    # memory metrics feed the stack's alerts).
+    log_analytics_workspace_id: str
 
 
 # Field name -> output key (camelCase, Pulumi's convention for stack outputs).
@@ -56,6 +59,7 @@ OUTPUT_KEYS: dict[str, str] = {
     "compute_identity_id": "computeIdentityId",
     "compute_identity_client_id": "computeIdentityClientId",
     "network_profile": "networkProfile",
+    "log_analytics_workspace_id": "logAnalyticsWorkspaceId",
 }
 _OPTIONAL = {"cpu_cluster"}
 _INTEGERS = {"gpu_max_nodes", "gpus_per_node"}

@@ -182,6 +182,7 @@ def build(cfg: InfraConfig) -> dict[str, pulumi.Input[object]]:
         "compute_identity_id": access.compute_identity.id,
         "compute_identity_client_id": access.compute_identity.client_id,
         "network_profile": cfg.profile,
+        "log_analytics_workspace_id": core.log_analytics.id,
     }
     return {OUTPUT_KEYS[name]: value for name, value in values.items()}
 

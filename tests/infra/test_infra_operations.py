@@ -85,6 +85,8 @@ def test_every_resource_that_emits_logs_sends_them_to_the_stacks_log_analytics(
 
     workspace_id = any_profile.one(LOGS).id
     assert workspace_id.startswith(f"{_group_id(any_profile)}/providers/")
+    # The rollout reads it to send each online deployment's metrics to the same place.
+    assert any_profile.outputs["logAnalyticsWorkspaceId"] == workspace_id
     settings = {s.inputs["resourceUri"]: s.inputs for s in any_profile.of_type(DIAGNOSTIC)}
     expected = {
         f"{r.id}{path}": (groups, metric)
