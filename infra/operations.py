@@ -46,7 +46,9 @@ BUDGET_NOTIFICATIONS: tuple[tuple[str, str, int], ...] = (
 # - AppRequests: the requests table of the workspace-based Application Insights, filled when a
 #   deployment runs with `app_insights_enabled: true`; the Azure ML inference server
 #   (azureml-inference-server-http, server/appinsights_client.py `log_request`) writes one row
-#   per scoring request with ResultCode, DurationMs and the "Service Name" property.
+#   per scoring request with ResultCode, DurationMs and the "Service Name" property (the
+#   server's SERVICE_NAME variable, "ML service" when unset: then every endpoint shares one
+#   series). Rows without that property are not scoring requests and are left out.
 # - AzureMetrics: platform metrics exported by diagnostic settings. CpuUtilizationPercentage
 #   and CpuMemoryUtilizationPercentage are metrics of
 #   Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments (Azure Monitor
