@@ -279,24 +279,25 @@ def ensure_environment(ml_client: Any, log: Any) -> str:
 def deploy(ml_client: Any, specs: BatchSpecs, *, compute: str, log: Any) -> str:
     """Endpoint, environment, deployment, then the endpoint's default; returns the model."""
     deployment = specs.deployment
-    deployment.model = resolve_model(ml_client, deployment.model)
+    model = resolve_model(ml_client, deployment.model)
+    deployment.model = model
     deployment.compute = compute
     environment = ensure_environment(ml_client, log)
-    if str(deployment.environment) != environment:
+    if str(deployment.environment).removeprefix("azureml:") != environment.removeprefix("azureml:"):
         raise UserError(
             f"serving/batch/deployment.yml runs in {deployment.environment} but "
             f"environment/environment.yml defines {environment}: make them the same version"
         )
     log(f"Creating or updating batch endpoint {specs.endpoint.name}...")
     ml_client.batch_endpoints.begin_create_or_update(specs.endpoint).result()
-    log(f"Creating or updating deployment {deployment.name} with {deployment.model}...")
+    log(f"Creating or updating deployment {deployment.name} with {model}...")
     ml_client.batch_deployments.begin_create_or_update(deployment).result()
     endpoint = ml_client.batch_endpoints.get(specs.endpoint.name)
     if getattr(endpoint.defaults, "deployment_name", None) != deployment.name:
         log(f"Making {deployment.name} the default deployment of {endpoint.name}...")
-        endpoint.defaults.deployment_name = deployment.name
+        endpoint.defaults = {"deployment_name": deployment.name}
         ml_client.batch_endpoints.begin_create_or_update(endpoint).result()
-    return str(deployment.model).removeprefix("azureml:")
+    return model.removeprefix("azureml:")
 
 
 # --------------------------------------------------------------------------- Azure: score
@@ -322,6 +323,8 @@ def job_input(text: str) -> Any:
 
 
 def score_on_azure(args: argparse.Namespace, *, credential: Any = None, **kwargs: Any) -> int:
+    from azure.ai.ml.exceptions import JobException
+
     output = args.output or Path("predictions.csv")
     if args.wait and (output.is_dir() or not output.parent.is_dir()):
         raise UserError(f"--output {output}: name a CSV file in a folder that exists")
@@ -340,10 +343,16 @@ def score_on_azure(args: argparse.Namespace, *, credential: Any = None, **kwargs
             print(f"studio: {studio}")
         if not args.wait:
             return 0
-        ml_client.jobs.stream(job.name)
+        try:
+            ml_client.jobs.stream(job.name)
+        except JobException as exc:  # the job failed: its error, in one line
+            print(
+                f"batch job {job.name} failed: {azureml.user_error(exc, target)}", file=sys.stderr
+            )
+            return 1
         status = str(getattr(ml_client.jobs.get(job.name).status, "value", ""))
         if status != "Completed":
-            print(f"batch job {job.name}: {status}", file=sys.stderr)
+            print(f"batch job {job.name} ended {status}", file=sys.stderr)
             return 1
         download_predictions(ml_client, job.name, specs.deployment, output)
     print(f"batch job {job.name} completed: predictions in {output}")
