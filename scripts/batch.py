@@ -157,7 +157,18 @@ def score_locally(args: argparse.Namespace) -> int:
         f"{settings.mini_batch_size}{failed} ({report.seconds:.1f} s): {report.rows} rows in "
         f"{report.output}"
     )
+    unusable = rows_with_errors(report.output) if report.output else 0
+    if unusable:
+        print(f"{unusable} file(s) are not usable images: their rows' error column says why")
     return 0
+
+
+def rows_with_errors(path: Path) -> int:
+    """Rows of a predictions file (file,digit,probability,error) whose error is filled in."""
+    import csv
+
+    with path.open(newline="") as f:
+        return sum(1 for row in csv.reader(f) if len(row) >= 4 and row[3])
 
 
 def check_model_dir(path: Path) -> None:

@@ -8,8 +8,8 @@ batch driver's rules for model deployments over a ``uri_folder`` input:
 - every file under the input folder, subfolders included, is an input; mini-batches of
   ``mini_batch_size`` files are formed in file (path) order, the last one shorter;
 - the script is imported once and ``init()`` runs once (per process: this runs one), with
-  ``AZUREML_MODEL_DIR`` and the deployment's ``environment_variables`` set; an ``init()`` that
-  raises fails the job;
+  ``AZUREML_MODEL_DIR`` and the deployment's ``environment_variables`` set, and its log
+  records at ``logging_level`` and above on stderr; an ``init()`` that raises fails the job;
 - ``run(mini_batch)`` gets absolute file paths; one that raises is retried up to
   ``max_retries`` times, and then every file of its mini-batch has failed; one that returns
   fewer elements than files has failed that many (one element per file scored);
@@ -208,11 +208,15 @@ def job_environment(model_dir: Path, settings: Settings) -> Iterator[None]:
     saved = {name: os.environ.get(name) for name in values}
     root = logging.getLogger()
     level = root.level
+    handler = logging.StreamHandler()  # the script's log lines, as the job's user logs show them
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     os.environ.update(values)
     root.setLevel(settings.logging_level.upper())
+    root.addHandler(handler)
     try:
         yield
     finally:
+        root.removeHandler(handler)
         root.setLevel(level)
         for name, value in saved.items():
             if value is None:

@@ -5,11 +5,15 @@ requests and bodies the commands send, and what a user reads."""
 from __future__ import annotations
 
 import json
+import os
+import stat
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from infra.outputs import OUTPUT_KEYS
 from scripts import UserError
 from scripts.__main__ import build_parser
 from tests.azure_fakes import EntraIdCredential
@@ -33,10 +37,35 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeBatchWorkspace:
     return workspace
 
 
-def cli(fake: FakeBatchWorkspace, *argv: str, credential: Any = None) -> int:
+def cli(fake: FakeBatchWorkspace, *argv: str, credential: Any = None, flags: bool = True) -> int:
+    """``python -m scripts ARGV`` against the fake, which the flags name (else the stack)."""
     workspace = ["--subscription", fake.subscription, "--resource-group", fake.resource_group]
-    args = build_parser().parse_args([*argv, *workspace, "--workspace", fake.workspace])
+    workspace += ["--workspace", fake.workspace]
+    args = build_parser().parse_args([*argv, *(workspace if flags else [])])
     return args.func(args, credential=credential or EntraIdCredential(), transport=fake)
+
+
+def pulumi_outputs(
+    fake: FakeBatchWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **outputs: Any
+) -> None:
+    """A stand-in ``pulumi`` on PATH whose deployed stack has these outputs (and the fake's
+    workspace)."""
+    values = {key: f"value-{key}" for key in OUTPUT_KEYS.values()}
+    values.update(
+        subscriptionId=fake.subscription,
+        resourceGroupName=fake.resource_group,
+        workspaceName=fake.workspace,
+        gpuMaxNodes=1,
+        gpusPerNode=1,
+        **outputs,
+    )
+    script = tmp_path / "bin" / "pulumi"
+    script.parent.mkdir()
+    script.write_text(f"#!{sys.executable}\nimport json\nprint(json.dumps({values!r}))\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
+    for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def deployed(fake: FakeBatchWorkspace) -> None:
@@ -95,6 +124,25 @@ def test_batch_deploy_takes_a_model_version_and_reuses_the_registered_environmen
     (put,) = fake.calls("PUT", f"{DEPLOYMENT}$")
     assert put.json["properties"]["model"]["assetId"].endswith("/models/tf-mnist/versions/1")
     assert put.json["properties"]["compute"].endswith("/computes/gpu-cluster")
+
+
+def test_the_cluster_is_the_stacks_cpu_cluster(
+    fake: FakeBatchWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.arm[f"{fake.ws}/computes/cpu-small"] = fake.arm[f"{fake.ws}/computes/cpu-cluster"]
+    pulumi_outputs(fake, tmp_path, monkeypatch, cpuClusterName="cpu-small")
+    assert cli(fake, "batch-deploy", flags=False) == 0
+    (put,) = fake.calls("PUT", f"{DEPLOYMENT}$")
+    assert put.json["properties"]["compute"] == f"{fake.ws}/computes/cpu-small"
+
+
+def test_a_stack_without_cpu_cluster_says_how_to_get_one(
+    fake: FakeBatchWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pulumi_outputs(fake, tmp_path, monkeypatch, cpuClusterName=None)
+    with pytest.raises(UserError, match=r"has no CPU cluster .* set cpuCluster to true"):
+        cli(fake, "batch-deploy", flags=False)
+    assert [r for r in fake.requests if r.method == "PUT"] == []
 
 
 def test_a_missing_cluster_is_named_before_anything_is_created(fake: FakeBatchWorkspace) -> None:

@@ -70,7 +70,25 @@ def model_predictions(model_dir: Path, images: np.ndarray) -> tuple[np.ndarray, 
 
 
 @pytest.fixture(scope="module")
-def model_dir(trained_output: Path) -> Path:
+def model_dir(tmp_path_factory) -> Path:
+    """A model folder of the training contract's shape (784 pixels in, 10 probabilities out)
+    with seeded, untrained weights: the fast tests compare the CSV with this model's own
+    answers; the slow test scores with the really trained model."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((784,)), keras.layers.Dense(32, "relu"), keras.layers.Dense(10, "softmax")]
+    )
+    folder = tmp_path_factory.mktemp("untrained") / "model"
+    (folder / "data").mkdir(parents=True)
+    model.save(folder / "data" / "model.keras")
+    (folder / "MLmodel").write_text("flavors:\n  keras: {data: data}\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained_model(trained_output: Path) -> Path:
     return trained_output / "model"
 
 
@@ -90,7 +108,7 @@ def settings(**overrides) -> driver.Settings:
 def test_every_file_gets_the_models_own_digit_and_broken_files_say_why(
     subset, model_dir: Path, mnist_test, tmp_path: Path
 ) -> None:
-    folder, labels, broken = subset
+    folder, _, broken = subset
     output = tmp_path / "predictions.csv"
     report = driver.run_local(folder, output, model_dir, settings(mini_batch_size=64))
 
@@ -103,8 +121,7 @@ def test_every_file_gets_the_models_own_digit_and_broken_files_say_why(
         row = by_file[f"{i:05d}.png"]
         assert (row["digit"], row["error"]) == (str(digits[i]), ""), row
         assert float(row["probability"]) == pytest.approx(top[i], abs=2e-6)
-    csv_digits = np.array([int(by_file[f"{i:05d}.png"]["digit"]) for i in range(SUBSET)])
-    assert (csv_digits == labels).mean() == (digits == labels).mean() > 0.9
+    assert len(set(digits)) > 3  # the check compares varied answers, not one constant
     for name, phrase in broken.items():
         row = by_file[name]
         assert (row["digit"], row["probability"]) == ("", ""), row
@@ -258,7 +275,10 @@ def test_command_line_scores_a_folder(subset, model_dir: Path, tmp_path: Path, c
     out = tmp_path / "scores.csv"
     argv = ["batch-score", "--local", str(folder), "--output", str(out)]
     assert main([*argv, "--model-dir", str(model_dir.parent), "--mini-batch-size", "200"]) == 0
-    assert f"scored {SUBSET + 4} files in 4 mini-batches of 200" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert f"scored {SUBSET + 4} files in 4 mini-batches of 200" in printed.out
+    assert "4 file(s) are not usable images: their rows' error column says why" in printed.out
+    assert "INFO batch_score: model loaded: 28x28 images" in printed.err  # logging_level info
     assert len(read_rows(out)) == SUBSET + 4
 
 
@@ -316,8 +336,9 @@ def test_a_failed_job_exits_1_and_says_why(subset, tmp_path: Path, capsys) -> No
 
 @pytest.mark.slow
 def test_all_10000_test_images_score_at_the_models_accuracy(
-    model_dir: Path, mnist_test, tmp_path: Path
+    trained_model: Path, mnist_test, tmp_path: Path
 ) -> None:
+    model_dir = trained_model
     images, labels = mnist_test
     folder = tmp_path / "t10k"
     write_pngs(folder, images)
