@@ -461,9 +461,13 @@ class Checkpoints:
         latest = tf.train.latest_checkpoint(str(self.directory))
         if latest is None:
             return 0, []
+        status = None
         try:
-            self.trainer.checkpoint.restore(latest).assert_consumed()
+            status = self.trainer.checkpoint.restore(latest)
+            status.assert_consumed()
         except (AssertionError, ValueError, tf.errors.OpError) as exc:
+            if status is not None:
+                status.expect_partial()  # reported below: no TF warning about it at exit
             raise RestoreError(
                 f"The checkpoint {latest} does not restore this run's model and optimizer "
                 f"({_first_line(exc)}), so resuming from it would train from partly fresh "
