@@ -153,6 +153,18 @@ def test_colour_and_16_bit_images_score_like_their_grayscale(
         assert float(row["probability"]) == pytest.approx(float(want["probability"]), abs=1e-5)
 
 
+def test_file_names_with_commas_and_quotes_stay_one_csv_field(
+    model_dir: Path, mnist_test, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = 'seven, "best" one.png'
+    Image.fromarray(mnist_test[0][0], "L").save(folder / name)
+    driver.run_local(folder, tmp_path / "p.csv", model_dir, settings())
+    (row,) = read_rows(tmp_path / "p.csv")
+    assert row["file"] == name and row["digit"].isdigit() and row["error"] == ""
+
+
 # --------------------------------------------------------------------------- driver rules
 
 SPY = """
