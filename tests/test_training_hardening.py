@@ -204,6 +204,38 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_partial_files(
     assert leftovers(out) == []
 
 
+@pytest.mark.slow
+def test_a_full_disk_while_writing_the_outputs_is_finished_by_the_next_run(
+    mnist_dir, tmp_path, monkeypatch, capsys
+):
+    """ENOSPC on metrics.json after the last epoch: one paragraph, exit 1, nothing partial,
+    the run not marked finished; the same command then writes the outputs from the last
+    checkpoint without training again."""
+    out = tmp_path / "outputs"
+    args = ["--epochs", "1", "--batch-size", "2048", "--no-tracking", "--output-dir", str(out)]
+    with monkeypatch.context() as patch:
+        _full_disk_at(patch, "metrics.json.tmp", epoch=1)
+        capsys.readouterr()
+        assert run_main(*args) == 1
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error: cannot write the outputs in") and "\n" not in message
+    assert "no space left on the device" in message and "no epoch is trained again" in message
+    assert not (out / "metrics.json").exists() and leftovers(out) == []
+    assert json.loads((out / "checkpoints" / "run.json").read_text())["finished"] is False
+
+    capsys.readouterr()
+    assert run_main(*args) == 0
+    printed = capsys.readouterr().out
+    assert "Resuming from the checkpoint after epoch 1" in printed and "epoch 1/1" not in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["epochs"], metrics["resumed_from_epoch"], metrics["epochs_this_run"]) == (
+        1,
+        1,
+        0,
+    )
+    assert json.loads((out / "checkpoints" / "run.json").read_text())["finished"] is True
+
+
 # ------------------------------------------------------------------ signals
 
 
