@@ -30,6 +30,16 @@ def test_real_mnist_loads_with_canonical_shapes_and_order(mnist_dir):
     assert np.bincount(data.y_train).min() > 5_000  # every digit is there
 
 
+def test_the_data_fingerprint_names_the_content_not_the_folder(mnist_dir, tmp_path):
+    """Checkpoints record it: the same MNIST from another folder resumes, and a change in how
+    it is computed would refuse every existing checkpoint, so its value is written out."""
+    from training.data import fingerprint
+
+    expected = "2eb4d82c94e1e65af5a565df335e810e7cfbcdeb8ce2cf9674792583d7c4266b"
+    assert fingerprint(load_mnist(mnist_dir)) == expected
+    assert fingerprint(load_mnist(copy_mnist(mnist_dir, tmp_path / "elsewhere"))) == expected
+
+
 def test_files_one_level_down_are_found(mnist_dir, tmp_path):
     """Azure ML mounts of a registered folder may nest it one level down."""
     copy_mnist(mnist_dir, tmp_path / "mnist")
