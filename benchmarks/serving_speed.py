@@ -102,8 +102,15 @@ class Client:
     def post(self, body: bytes) -> float:
         """Seconds for one request, from send to the last byte of the answer."""
         started = time.perf_counter()
-        self.conn.request("POST", "/score", body, {"Content-Type": "application/json"})
-        response = self.conn.getresponse()
+        try:
+            self.conn.request("POST", "/score", body, {"Content-Type": "application/json"})
+            response = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            # The server closed the kept-alive connection while it sat idle: reconnect once.
+            self.conn.close()
+            started = time.perf_counter()
+            self.conn.request("POST", "/score", body, {"Content-Type": "application/json"})
+            response = self.conn.getresponse()
         data = response.read()
         elapsed = time.perf_counter() - started
         if response.status != 200:

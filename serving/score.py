@@ -117,12 +117,15 @@ class _Watchdog:
 
     A socket timeout alone bounds each ``recv``, not the whole body: a client that trickles a
     byte a second, or a chunk-size line that never ends, would hold a worker thread for as long
-    as it likes. One thread per worker process keeps the deadlines of the bodies being read;
-    a blocked read then returns end-of-file and the request gets its 408.
+    as it likes. One thread per worker process checks the deadlines of the bodies being read
+    every ``TICK_S`` (so a request never has to wake it); a blocked read then returns
+    end-of-file and the request gets its 408.
     """
 
+    TICK_S = 0.1
+
     def __init__(self) -> None:
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
         self._heap: list[tuple[float, int, socket.socket]] = []
         self._live: set[int] = set()
         self._expired: set[int] = set()
@@ -138,7 +141,6 @@ class _Watchdog:
             token = next(self._ids)
             self._live.add(token)
             heapq.heappush(self._heap, (deadline, token, sock))
-            self._lock.notify()
             return token
 
     def release(self, token: int) -> bool:
@@ -150,24 +152,25 @@ class _Watchdog:
                 return True
             return False
 
-    def _run(self) -> None:
+    def _due(self) -> list[socket.socket]:
+        """Pop what was released and what is late; the late sockets, to shut."""
+        late = []
+        now = time.monotonic()
         with self._lock:
-            while True:
-                while self._heap and self._heap[0][1] not in self._live:
-                    heapq.heappop(self._heap)  # released in time
-                if not self._heap:
-                    self._lock.wait()
-                    continue
-                deadline, token, sock = self._heap[0]
-                wait = deadline - time.monotonic()
-                if wait > 0:
-                    self._lock.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-                self._live.discard(token)
-                self._expired.add(token)
+            while self._heap and (self._heap[0][1] not in self._live or self._heap[0][0] <= now):
+                _, token, sock = heapq.heappop(self._heap)
+                if token in self._live:
+                    self._live.discard(token)
+                    self._expired.add(token)
+                    late.append(sock)
+        return late
+
+    def _run(self) -> None:
+        while True:
+            for sock in self._due():
                 with contextlib.suppress(OSError):  # already closed
                     sock.shutdown(socket.SHUT_RD)
+            time.sleep(self.TICK_S)
 
 
 _watchdog = _Watchdog()
@@ -187,11 +190,17 @@ def _late(received: int) -> BadRequest:
 
 
 def _read_into(
-    stream: Any, limit: int, deadline: float, sock: Any, keep: list[bytes] | None
+    stream: Any,
+    limit: int,
+    deadline: float,
+    sock: Any,
+    keep: list[bytes] | None,
+    expected: int | None = None,
 ) -> int:
-    """Read up to ``limit + 1`` bytes of the body (kept in ``keep`` unless it is None)."""
+    """Read up to ``limit + 1`` bytes of the body (kept in ``keep`` unless it is None), or the
+    ``expected`` bytes that its Content-Length announces."""
     received = 0
-    while received <= limit:
+    while received <= limit and received != expected:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Late(received)
@@ -229,7 +238,7 @@ def _read_body(request: AMLRequest) -> bytes:
     token = _watchdog.watch(sock, deadline) if sock is not None else None
     pieces: list[bytes] = []
     try:
-        received = _read_into(request.stream, limit, deadline, sock, pieces)
+        received = _read_into(request.stream, limit, deadline, sock, pieces, declared)
         too_large = received > limit or (limit == 0 and bool(declared))
         if too_large:
             with contextlib.suppress(_Late, OSError, ValueError, HTTPException):
@@ -244,7 +253,7 @@ def _read_body(request: AMLRequest) -> bytes:
     finally:
         if sock is not None:
             sock.settimeout(None)
-    shut = token is not None and _watchdog.release(token)
+        shut = token is not None and _watchdog.release(token)  # on every path
     if too_large:
         raise batch_too_large(None, _classifier.max_batch)
     body = b"".join(pieces)
