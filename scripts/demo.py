@@ -64,7 +64,11 @@ def _image_count(text: str) -> int:
     return count
 
 
-def train_step(output_dir: Path, data_folder: str | None) -> dict:
+def train_step(output_dir: Path, data_folder: str | None) -> tuple[dict, bool]:
+    """Train (or resume) into ``output_dir``: (metrics, whether this call trained). Training
+    leaves a finished folder untouched, metrics.json included."""
+    metrics_path = output_dir / "metrics.json"
+    before = metrics_path.stat().st_mtime_ns if metrics_path.exists() else None
     command = [sys.executable, "-m", "training.train", "--output-dir", str(output_dir)]
     if data_folder:
         command += ["--data-folder", data_folder]
@@ -72,7 +76,7 @@ def train_step(output_dir: Path, data_folder: str | None) -> dict:
     result = subprocess.run(command, cwd=ROOT)
     if result.returncode != 0:
         raise UserError(f"training failed with exit status {result.returncode} (see above).")
-    return json.loads((output_dir / "metrics.json").read_text())
+    return json.loads(metrics_path.read_text()), metrics_path.stat().st_mtime_ns != before
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -120,8 +124,8 @@ def run_demo(args: argparse.Namespace) -> int:
     test = load_test_images(args.data_folder, args.images)  # bad data stops before training
     if args.fresh:
         shutil.rmtree(output_dir, ignore_errors=True)
-    metrics = train_step(output_dir, args.data_folder)
-    speed = metrics["examples_per_second"]
+    metrics, trained = train_step(output_dir, args.data_folder)
+    speed = metrics["examples_per_second"] if trained else None
     print(
         f"\nTrained: test accuracy {metrics['test_accuracy']:.2%} after {metrics['epochs']} "
         f"epochs in {metrics['train_seconds']:.1f} s "

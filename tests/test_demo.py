@@ -34,6 +34,18 @@ def test_demo_trains_registers_serves_and_scores(mnist_dir, tmp_path, run_python
 
     assert version.tags["framework_version"] == tf.__version__
 
+    # Again on the finished folder: training has nothing to do and says so; the model and
+    # metrics.json stay as they were, and the demo still registers, serves and scores it.
+    model_file = out / "model" / "data" / "model.keras"
+    before = (model_file.read_bytes(), (out / "metrics.json").read_text())
+    again = run_python("-m", "scripts", "demo", "--output-dir", str(out), "--images", "200")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(already trained: use --fresh to retrain)" in again.stdout
+    assert "examples/s)" not in again.stdout
+    assert (model_file.read_bytes(), (out / "metrics.json").read_text()) == before
+    assert re.search(r"Registered: MLflow model tf-mnist version 2 ", again.stdout)
+    assert re.search(r"Scored: 200 test images over HTTP", again.stdout)
+
 
 def demo(capsys, *argv: str) -> tuple[int, str]:
     """``python -m scripts demo ARGV`` in this process: (exit status, stderr)."""
