@@ -90,6 +90,7 @@ def test_first_rollout_creates_the_endpoint_and_serves_the_real_scorer(
     assert sorted(name.rsplit("/", 2)[-2:][1] for name in fake.blobs) == [
         "contract.py",
         "predictor.py",
+        "request_log.py",
         "score.py",
     ]
     assert all("/serving/" in name for name in fake.blobs)
