@@ -12,6 +12,7 @@ score a real image afterwards. Bounded: about 80 requests, 50 MB at most, well u
 from __future__ import annotations
 
 import json
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -248,6 +249,23 @@ def test_stalled_connections_do_not_stop_the_server(
     finally:
         for sock in stalled:
             sock.close()
+
+
+@pytest.mark.parametrize(
+    "head", [post_head(len(VALID)), post_head()], ids=["content-length", "chunk-size-line"]
+)
+def test_a_trickled_body_gets_408_at_the_deadline_on_a_threaded_worker(scoring_server, head):
+    """A byte every 0.25 s: no single read ever waits long, and gthread runs run() without
+    azmlinfsrv's alarm, so only score.py's body deadline (2 s here) can end it."""
+    with _open(scoring_server.server.port, head) as sock:
+        started = time.monotonic()
+        while time.monotonic() - started < 8 and not select.select([sock], [], [], 0.25)[0]:
+            sock.sendall(b"1")
+        reply = read_reply(sock)
+        elapsed = time.monotonic() - started
+    assert reply.status == 408, reply.body[:300]
+    assert "did not arrive within 2000 ms" in reply.json()["error"]["message"]
+    assert elapsed < 4, elapsed
 
 
 def test_a_client_that_drops_mid_request_leaves_no_trace(scoring_server):
