@@ -10,13 +10,14 @@ parameters are generated. Bounded: a fixed seed and a few dozen cases per operat
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from serving.contract import Shapes, complete
 
 CHECKS = [
     "not_a_server_error",
@@ -32,6 +33,7 @@ expected-statuses = ["400", "408", "413"]
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("version", "examples"), [("3", 30), ("2", 15)])
 def test_schemathesis_finds_nothing_in_the_scoring_script(
     scoring_server, tmp_path: Path, version: str, examples: int
@@ -65,3 +67,35 @@ def test_schemathesis_finds_nothing_in_the_scoring_script(
     assert result.returncode == 0, output[-6000:]
     assert "No issues found" in output, output[-3000:]
     assert "Operations:       2 selected / 2 total" in output  # the health route and /score
+
+
+def _template(version: str) -> dict:
+    """azmlinfsrv's own template for a Swagger version, as its builder fills it in."""
+    import azureml_inference_server_http.server as server
+
+    name = "swagger2_template.json" if version == "2" else "swagger3_template.json"
+    text = (Path(server.__file__).parent / name).read_text().replace("$PATH_PREFIX$", "")
+    return json.loads(text)
+
+
+@pytest.mark.parametrize("version", ["2", "3"])
+def test_the_contract_follows_the_model_and_the_batch_limit(version):
+    """Sizes come from the model (here 8x8 images, 3 classes) and SCORING_MAX_BATCH (7)."""
+    doc = complete(_template(version), version, Shapes(pixels=64, side=8, classes=3, max_batch=7))
+    schemas = doc["definitions"] if version == "2" else doc["components"]["schemas"]
+    data = schemas["ServiceInput"]["properties"]["data"]
+    batches = [data] if version == "2" else data["oneOf"]
+    assert [(b["minItems"], b["maxItems"]) for b in batches] == [(1, 7)] * len(batches)
+    assert (batches[0]["items"]["minItems"], batches[0]["items"]["maxItems"]) == (64, 64)
+    if version != "2":
+        rows = batches[1]["items"]
+        assert (rows["maxItems"], rows["items"]["maxItems"]) == (8, 8)
+    output = schemas["ServiceOutput"]["properties"]
+    assert output["predictions"]["items"] == {"type": "integer", "minimum": 0, "maximum": 2}
+    assert output["probabilities"]["items"]["maxItems"] == 3
+
+
+def test_a_model_whose_images_are_not_square_has_one_form():
+    doc = complete(_template("3"), "3", Shapes(pixels=10, side=None, classes=2, max_batch=4))
+    data = doc["components"]["schemas"]["ServiceInput"]["properties"]["data"]
+    assert "oneOf" not in data and data["items"]["maxItems"] == 10
