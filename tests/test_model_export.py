@@ -6,17 +6,18 @@ Horovod environment) writes what MLflow writes, and that ``outputs/model`` is re
 atomically: a failed write leaves the previous model and nothing else.
 
 Slow tests: a model trained by each of the four modes (single, multi-worker, parameter
-server, Horovod; one epoch each, trained once per module) loads with MLflow's own loaders in
-a process that cannot import this repository and scores the MNIST test set at the accuracy
-its metrics.json reports; ``mlflow models serve`` and the Azure ML no-code scoring
-(``tests/mlflow_nocode.py``) answer real test images over the request formats they document.
+server, Horovod; one epoch each: the job specs' runs, made once per session by the
+``local_job`` fixture of tests/local_jobs.py and checked by tests/jobs/test_jobs_run.py too)
+loads with MLflow's own loaders in a process that cannot import this repository and scores
+the MNIST test set at the accuracy its metrics.json reports; ``mlflow models serve`` and the
+Azure ML no-code scoring (``tests/mlflow_nocode.py``) answer real test images over the
+request formats they document.
 """
 
 from __future__ import annotations
 
 import errno
 import gzip
-import hashlib
 import json
 import os
 import signal
@@ -34,9 +35,9 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.local_jobs import files_of
 from tests.mlflow_nocode import score_nocode_many
 from training import export
-from training.environments.horovod import build_env
 
 UNNAMED_784 = '[{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 784]}}]'
 UNNAMED_10 = '[{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 10]}}]'
@@ -63,15 +64,6 @@ def tiny_model(inputs: int = 12, classes: int = 3):
             keras.layers.Dense(classes, activation="softmax"),
         ]
     )
-
-
-def files_of(folder: Path) -> dict[str, str]:
-    """Relative path -> SHA-256 of every file under ``folder``."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def mlmodel(folder: Path) -> dict:
@@ -302,39 +294,16 @@ def _check(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 
-def train_mode(mode: str, folder: Path) -> Path:
-    """Train ``mode`` for one epoch into ``folder``; returns the run's output folder."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db"}
-    if mode == "single":
-        command = [sys.executable, "-m", "training.train", "--epochs", "1", "--no-tracking"]
-        command += ["--output-dir", str(folder / "run")]
-        output = folder / "run"
-    elif mode == "horovod":
-        try:
-            python = build_env.ensure(say=lambda message: print(message, flush=True))
-        except build_env.HorovodEnvError as exc:
-            pytest.fail(f"The Horovod environment cannot be built here: {exc}", pytrace=False)
-        command = [str(python.parent / "horovodrun"), "--gloo", "-np", "2", "-H", "localhost:2"]
-        command += [str(python), "-m", "training.train", "--epochs", "1", "--no-tracking"]
-        command += ["--output-dir", str(folder / "run")]
-        output = folder / "run"
-    else:
-        command = [sys.executable, "-m", "scripts", "run", f"training/jobs/{mode}.yml"]
-        command += ["--outputs", str(folder), "--name", "job", "--set", "inputs.epochs=1"]
-        output = folder / "job" / "run"
-    _check(subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900))
-    return output
-
-
-@pytest.fixture(scope="module")
-def trained(mnist_dir, tmp_path_factory):
-    """mode -> output folder, each mode trained (one epoch) the first time a test asks."""
-    outputs: dict[str, Path] = {}
+@pytest.fixture
+def trained(local_job):
+    """mode -> the output folder of its job spec's one-epoch run (``python -m scripts run``),
+    run the first time a test of the session asks: tests/jobs/test_jobs_run.py checks the same
+    runs' logs and metrics. Shared: read it; copy it before changing anything in it."""
 
     def get(mode: str) -> Path:
-        if mode not in outputs:
-            outputs[mode] = train_mode(mode, tmp_path_factory.mktemp(mode))
-        return outputs[mode]
+        job = local_job(mode)
+        _check(job.result)
+        return job.run
 
     return get
 

@@ -3,7 +3,9 @@
 The slow tests train for one epoch on real MNIST (the lead's tests already hold distributed
 runs to >= 97% over more epochs); here the point is that the YAML, the launcher and the
 training script agree: each spec runs, with the processes its distribution declares, and
-leaves a model and metrics in its output folder.
+leaves a model and metrics in its output folder. Each spec's run comes from the session's
+``local_job`` fixture (tests/local_jobs.py): tests/test_model_export.py loads and serves the
+same models instead of training its own.
 """
 
 from __future__ import annotations
@@ -21,15 +23,8 @@ from scripts import UserError
 from scripts.jobspec import JOBS_DIR, load_spec, local_plan, parse_sets
 from scripts.launch import horovod_tasks
 from scripts.localjob import run_plan
+from tests.local_jobs import scripts_run
 from training.distribute import parse_tf_config, promote_chief
-
-
-def run_job(run_python, tmp_path: Path, spec: str, *sets: str):
-    args = ["-m", "scripts", "run", f"training/jobs/{spec}.yml", "--outputs", str(tmp_path)]
-    args += ["--name", "job", "--set", "inputs.epochs=1"]
-    for setting in sets:
-        args += ["--set", setting]
-    return run_python(*args, timeout=600)
 
 
 @pytest.mark.slow
@@ -42,14 +37,15 @@ def run_job(run_python, tmp_path: Path, spec: str, *sets: str):
     ],
 )
 def test_run_trains_the_spec_locally(
-    run_python, mnist_dir: Path, tmp_path: Path, spec: str, distribution: str, processes: list
+    local_job, mnist_dir: Path, spec: str, distribution: str, processes: list
 ) -> None:
+    job = local_job(spec)  # shared with tests/test_model_export.py: read it, never write it
+    result = job.result
+    assert result.returncode == 0, job.log[-4000:]
     # the single-node run gets a local data folder; the others fall back to training's own
     # lookup ($MNIST_DATA_DIR), as a workspace data asset does locally
     data = [f"inputs.mnist={mnist_dir}"] if spec == "single" else []
-    result = run_job(run_python, tmp_path, spec, *data)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-4000:]
+    assert job.sets == ("inputs.epochs=1", *data)
     assert f"job job: {len(processes)} process(es)" in result.stdout
     if data:
         assert f"--data-folder {mnist_dir.resolve()}" in result.stdout  # the runner resolves paths
@@ -57,7 +53,7 @@ def test_run_trains_the_spec_locally(
         assert "note: inputs.mnist is 'mnist@latest' in the workspace" in result.stdout
     if len(processes) > 1:  # one process per TF task, its lines prefixed with the task
         assert all(f"[{name}] " in result.stdout for name in processes)
-    output = tmp_path / "job" / "run"
+    output = job.run
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["distribution"] == distribution
     assert metrics["epochs"] == 1
@@ -71,7 +67,7 @@ def test_run_trains_the_spec_locally(
     import mlflow
 
     objective = load_spec(JOBS_DIR / "sweep.yml").step.objective
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client = mlflow.MlflowClient(tracking_uri=job.tracking_uri)
     (experiment,) = [e for e in client.search_experiments() if e.name == "tf-mnist"]
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.experiment_id == experiment.experiment_id
@@ -81,25 +77,24 @@ def test_run_trains_the_spec_locally(
 
 
 @pytest.mark.slow
-def test_run_starts_the_mpi_spec_with_horovodrun_over_gloo(
-    run_python, mnist_dir: Path, tmp_path: Path
-) -> None:
+def test_run_starts_the_mpi_spec_with_horovodrun_over_gloo(local_job) -> None:
     # Builds the pinned Horovod environment on first use (minutes), then reuses it.
-    result = run_job(run_python, tmp_path, "horovod")
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-4000:]
-    assert "job job: 1 process(es)" in result.stdout  # horovodrun, which starts the ranks
-    metrics = json.loads((tmp_path / "job" / "run" / "metrics.json").read_text())
+    job = local_job("horovod")  # shared with tests/test_model_export.py
+    assert job.result.returncode == 0, job.log[-4000:]
+    assert job.sets == ("inputs.epochs=1",)
+    assert "job job: 1 process(es)" in job.result.stdout  # horovodrun, which starts the ranks
+    metrics = json.loads((job.run / "metrics.json").read_text())
     assert metrics["distribution"] == "horovod" and metrics["workers"] == 2
     assert metrics["test_accuracy"] > 0.9
-    assert (tmp_path / "job" / "run" / "model" / "data" / "model.keras").is_file()
+    assert (job.run / "model" / "data" / "model.keras").is_file()
 
 
 @pytest.mark.slow
-def test_a_failing_process_fails_the_run_with_its_status(run_python, tmp_path: Path) -> None:
+def test_a_failing_process_fails_the_run_with_its_status(tmp_path: Path) -> None:
     empty = tmp_path / "empty-mount"
     empty.mkdir()
-    result = run_job(run_python, tmp_path, "multi_worker", f"inputs.mnist={empty}")
+    sets = ("inputs.epochs=1", f"inputs.mnist={empty}")
+    result = scripts_run("multi_worker", tmp_path, sets, timeout=600).result
     assert result.returncode == 2  # training's status for bad data
     assert "lacks train-images-idx3-ubyte.gz" in result.stdout
     assert "failed with exit status 2; stopping the others" in result.stdout
