@@ -146,6 +146,15 @@ class AlertThresholds:
 
 
 @dataclass(frozen=True)
+class EndpointScale:
+    """Instances of the online deployment (endpointMinInstances, endpointMaxInstances): the
+    rollout's autoscale setting keeps the deployment between them."""
+
+    min_instances: int
+    max_instances: int
+
+
+@dataclass(frozen=True)
 class InfraConfig:
     """The validated configuration of one stack."""
 
@@ -161,6 +170,7 @@ class InfraConfig:
     private_address_prefix: str
     alert_emails: tuple[str, ...]
     alerts: AlertThresholds
+    endpoint: EndpointScale
     monthly_budget: int
     budget_emails: tuple[str, ...]
 
@@ -465,6 +475,13 @@ def validate_config(values: Mapping[str, Any], project: ProjectFile | None = Non
         cpu_percent=read.integer("alertCpuPercent", 1, 100),
         memory_percent=read.integer("alertMemoryPercent", 1, 100),
     )
+    endpoint_min = read.integer("endpointMinInstances", 1, 20)
+    endpoint_max = read.integer("endpointMaxInstances", 1, 50)
+    if endpoint_max < endpoint_min:
+        read.problems.append(
+            f"endpointMaxInstances: {endpoint_max} is less than endpointMinInstances "
+            f"({endpoint_min}); allowed: {endpoint_min} to 50"
+        )
     monthly_budget = read.integer("monthlyBudget", 1, 10_000_000)
     budget_emails = _emails(read, "budgetContactEmails")
 
@@ -484,6 +501,7 @@ def validate_config(values: Mapping[str, Any], project: ProjectFile | None = Non
         private_address_prefix=prefix,
         alert_emails=alert_emails,
         alerts=alerts,
+        endpoint=EndpointScale(endpoint_min, endpoint_max),
         monthly_budget=monthly_budget,
         budget_emails=budget_emails,
     )

@@ -37,6 +37,11 @@ class StackOutputs:
     # Where the rollout points each online deployment's diagnostic setting (its CPU and
     # memory metrics feed the stack's alerts).
     log_analytics_workspace_id: str
+    # The online deployment's autoscale range (the rollout applies it) and who hears about the
+    # endpoint (the model monitor's alert e-mails).
+    endpoint_min_instances: int
+    endpoint_max_instances: int
+    alert_emails: tuple[str, ...]
 
 
 # Field name -> output key (camelCase, Pulumi's convention for stack outputs).
@@ -60,9 +65,13 @@ OUTPUT_KEYS: dict[str, str] = {
     "compute_identity_client_id": "computeIdentityClientId",
     "network_profile": "networkProfile",
     "log_analytics_workspace_id": "logAnalyticsWorkspaceId",
+    "endpoint_min_instances": "endpointMinInstances",
+    "endpoint_max_instances": "endpointMaxInstances",
+    "alert_emails": "alertEmails",
 }
-_OPTIONAL = {"cpu_cluster"}
-_INTEGERS = {"gpu_max_nodes", "gpus_per_node"}
+_OPTIONAL = {"cpu_cluster", "alert_emails"}
+_INTEGERS = {"gpu_max_nodes", "gpus_per_node", "endpoint_min_instances", "endpoint_max_instances"}
+_LISTS = {"alert_emails"}
 
 
 def parse_stack_outputs(data: Mapping[str, Any]) -> StackOutputs:
@@ -77,7 +86,11 @@ def parse_stack_outputs(data: Mapping[str, Any]) -> StackOutputs:
     values: dict[str, Any] = {}
     for name, key in OUTPUT_KEYS.items():
         value = data.get(key)
-        if name in _OPTIONAL:
+        if name in _LISTS:
+            if not isinstance(value or [], list):
+                raise ValueError(f"stack output {key} is not a list: {value!r}")
+            values[name] = tuple(str(item) for item in value or [])
+        elif name in _OPTIONAL:
             values[name] = value or None
         elif name in _INTEGERS:
             try:

@@ -183,6 +183,9 @@ def build(cfg: InfraConfig) -> dict[str, pulumi.Input[object]]:
         "compute_identity_client_id": access.compute_identity.client_id,
         "network_profile": cfg.profile,
         "log_analytics_workspace_id": core.log_analytics.id,
+        "endpoint_min_instances": cfg.endpoint.min_instances,
+        "endpoint_max_instances": cfg.endpoint.max_instances,
+        "alert_emails": list(cfg.alert_emails),
     }
     return {OUTPUT_KEYS[name]: value for name, value in values.items()}
 

@@ -57,6 +57,9 @@ def pulumi_outputs(
         workspaceName=fake.workspace,
         gpuMaxNodes=1,
         gpusPerNode=1,
+        endpointMinInstances=1,
+        endpointMaxInstances=3,
+        alertEmails=[],
         **outputs,
     )
     script = tmp_path / "bin" / "pulumi"

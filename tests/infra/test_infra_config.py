@@ -48,6 +48,8 @@ BAD_VALUES: dict[str, tuple[Any, str]] = {
     "alertLatencyP99Ms": (5, "allowed: 10 to 60000"),
     "alertCpuPercent": (101, "allowed: 1 to 100"),
     "alertMemoryPercent": ("high", "expected an integer"),
+    "endpointMinInstances": (0, "allowed: 1 to 20"),
+    "endpointMaxInstances": (51, "allowed: 1 to 50"),
     "monthlyBudget": (0, "allowed: 1 to 10000000"),
     "budgetContactEmails": (["cfo@contoso.com", "CFO@contoso.com"], "listed more than once"),
 }
@@ -105,6 +107,20 @@ def test_a_retired_vm_size_is_refused_with_the_reason() -> None:
 def test_max_below_min_names_both_keys() -> None:
     message = _error({"gpuMinNodes": 3, "gpuMaxNodes": 2})
     assert "gpuMaxNodes: 2 is less than gpuMinNodes (3); allowed: 3 to 100" in message
+
+
+def test_endpoint_max_below_min_is_refused() -> None:
+    message = _error({"endpointMinInstances": 3, "endpointMaxInstances": 2})
+    assert "endpointMaxInstances: 2 is less than endpointMinInstances (3); allowed: 3 to 50" in (
+        message
+    )
+
+
+def test_the_dev_endpoint_scales_from_one_and_prod_from_two() -> None:
+    dev = validate_config(read_stack_values("dev", PROJECT), PROJECT)
+    prod = validate_config(read_stack_values("prod", PROJECT), PROJECT)
+    assert (dev.endpoint.min_instances, dev.endpoint.max_instances) == (1, 3)
+    assert (prod.endpoint.min_instances, prod.endpoint.max_instances) == (2, 6)
 
 
 def test_a_bad_region_lists_the_regions() -> None:

@@ -185,6 +185,8 @@ EVERY_SETTING = {
     "alertLatencyP99Ms": 750,
     "alertCpuPercent": 60,
     "alertMemoryPercent": 65,
+    "endpointMinInstances": 2,
+    "endpointMaxInstances": 7,
     "monthlyBudget": 1234,
     "budgetContactEmails": ["finance@contoso.com"],
 }
@@ -234,6 +236,11 @@ def test_every_setting_reaches_the_resources_it_configures() -> None:
         "alert-vision-qa-cpu": 60,
         "alert-vision-qa-memory": 65,
     }
+    assert (
+        deployment.outputs["endpointMinInstances"],
+        deployment.outputs["endpointMaxInstances"],
+        deployment.outputs["alertEmails"],
+    ) == (2, 7, ["oncall@contoso.com"])
     budget = deployment.one("azure-native:consumption:Budget").inputs
     assert budget["amount"] == 1234
     assert {tuple(n["contactEmails"]) for n in budget["notifications"].values()} == {
@@ -437,6 +444,8 @@ def test_stack_outputs_are_the_contract_the_commands_read(any_profile_outputs) -
     assert parsed.compute_identity_id.endswith(f"/userAssignedIdentities/{identity_name}")
     assert GUID.match(parsed.compute_identity_client_id)
     assert parsed.datasets_datastore == "datasets"
+    assert (parsed.endpoint_min_instances, parsed.endpoint_max_instances) == (1, 3)
+    assert parsed.alert_emails == ()
 
 
 @pytest.fixture(params=["standard", "private"])

@@ -73,7 +73,14 @@ def test_outputs_of_a_deployed_stack_are_read_and_typed(
 
 def test_the_selected_stack_is_used_when_none_is_named(fake_cli: FakeCli) -> None:
     values = {key: "x" for key in OUTPUT_KEYS.values()}
-    values.update(gpuMaxNodes=2, gpusPerNode=1, cpuClusterName=None)
+    values.update(
+        gpuMaxNodes=2,
+        gpusPerNode=1,
+        cpuClusterName=None,
+        endpointMinInstances=1,
+        endpointMaxInstances=3,
+        alertEmails=[],
+    )
     calls = fake_cli(stdout=json.dumps(values))
     assert read_stack_outputs().cpu_cluster is None
     assert "--stack" not in json.loads(calls.read_text())["argv"]

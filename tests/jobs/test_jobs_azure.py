@@ -207,6 +207,9 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeWorkspace) 
         gpuClusterName="gpu-cluster",
         gpuMaxNodes=1,
         gpusPerNode=1,
+        endpointMinInstances=1,
+        endpointMaxInstances=3,
+        alertEmails=[],
     )
     script = tmp_path / "bin" / "pulumi"
     script.parent.mkdir()
