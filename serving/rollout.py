@@ -7,16 +7,24 @@ colour (say blue), it
 2. creates the endpoint if it does not exist, and registers the scoring environment version
    if the workspace lacks it;
 3. creates the other colour (green) from the same definition with the new model: a new
-   deployment receives no traffic until told to;
-4. smoke-tests green alone, through the ``azureml-model-deployment`` header: real MNIST
+   deployment receives no traffic until told to. Green reports its requests under the
+   endpoint's name (``SERVICE_NAME``, the "Service Name" of its Application Insights requests
+   that the stack's alerts split by) and its data collector keeps ``sampling_rate`` of them;
+4. with the stack's ``Operations`` (serving/monitoring/azure_monitor.py), sends green's metrics
+   and the endpoint's logs to the stack's Log Analytics workspace, where the CPU and memory
+   alerts look;
+5. smoke-tests green alone, through the ``azureml-model-deployment`` header: real MNIST
    digits (``sample-digits.json``) must come back as ten probabilities each, summing to 1,
    mostly right;
-5. shifts traffic in steps (10%, 50%, 100% by default), smoke-testing green again after each;
-6. on any failure, puts all traffic back on blue and deletes green, then raises
+6. shifts traffic in steps (10%, 50%, 100% by default), smoke-testing green again after each;
+7. once green takes all traffic, moves the endpoint's autoscale setting to it (the stack's
+   minimum to maximum instances, on CPU and requests per instance);
+8. on any failure before that, puts all traffic back on blue and deletes green, then raises
    :class:`RolloutError` saying what failed and what the endpoint now serves.
 
 Blue stays deployed at 0% after a success so that going back is one traffic update
-(``--delete-old`` removes it). Every Azure call goes through the caller's ``MLClient``.
+(``--delete-old`` removes it). Every Azure call goes through the caller's ``MLClient``, and
+the Azure Monitor ones through the ``Operations``' ``MonitorManagementClient``.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from serving import specs
+from serving.monitoring import azure_monitor
 
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
@@ -42,6 +51,9 @@ SAMPLE_DIGITS = specs.SERVING_DIR / "sample-digits.json"
 TRAFFIC_STEPS: tuple[int, ...] = (10, 50, 100)
 MIN_SMOKE_ACCURACY = 0.9
 LOG_LINES = 30  # of a failed deployment's container log, quoted in the error
+# azmlinfsrv's "Service Name" of every request it reports to Application Insights ("ML service"
+# when unset): the rollout sets it to the endpoint's name, one alert series per endpoint.
+SERVICE_NAME_VARIABLE = "SERVICE_NAME"
 
 
 class RolloutError(Exception):
@@ -148,6 +160,8 @@ class _Rollout:
         digits: SampleDigits,
         log: Callable[[str], None],
         sleep: Callable[[float], None],
+        sampling_rate: float | None = None,
+        operations: azure_monitor.Operations | None = None,
     ) -> None:
         self.client = ml_client
         self.endpoint_spec = endpoint
@@ -161,6 +175,8 @@ class _Rollout:
         self.digits = digits
         self.log = log
         self.sleep = sleep
+        self.sampling_rate = sampling_rate
+        self.operations = operations
 
     # ------------------------------------------------------------------ Azure calls
 
@@ -261,6 +277,58 @@ class _Rollout:
         actions.append(self._remove(new))
         return RolloutError(f"{cause}\nRolled back: {'; '.join(actions)}.")
 
+    def _configure(self, deployment: ManagedOnlineDeployment) -> None:
+        """What every new colour gets besides the spec: its service name, the sampling rate."""
+        variables = dict(deployment.environment_variables or {})
+        variables[SERVICE_NAME_VARIABLE] = self.name
+        deployment.environment_variables = variables
+        if self.sampling_rate is not None and deployment.data_collector is not None:
+            deployment.data_collector.sampling_rate = self.sampling_rate
+
+    def _monitor(self, endpoint: OnlineEndpoint, new: str) -> None:
+        """The new colour's metrics and the endpoint's logs into Log Analytics."""
+        if self.operations is None:
+            return
+        try:
+            azure_monitor.send_to_log_analytics(
+                self.operations,
+                endpoint_id=str(endpoint.id),
+                deployment_id=f"{endpoint.id}/deployments/{new}",
+            )
+        except azure_monitor.MonitorError as exc:
+            raise RolloutError(str(exc)) from exc
+        self.log(f"Metrics of {new} and logs of {self.name} go to Log Analytics.")
+
+    def _autoscale(self, endpoint: OnlineEndpoint, new: str) -> None:
+        """Move the endpoint's autoscale setting to the colour that now serves.
+
+        Applied here, not in the Pulumi stack: the deployments are created and deleted by this
+        rollout, after ``pulumi up``, so only the rollout knows which colour to scale. One
+        setting per endpoint, re-pointed at each rollout, so the old colour (kept at 0% or
+        deleted) is never scaled by it again.
+        """
+        scale = self.operations.scale if self.operations else None
+        if self.operations is None or scale is None:
+            return
+        try:
+            azure_monitor.autoscale(
+                self.operations,
+                endpoint=self.name,
+                endpoint_id=str(endpoint.id),
+                deployment=new,
+                location=str(endpoint.location),
+                tags=dict(endpoint.tags or {}),
+            )
+        except azure_monitor.MonitorError as exc:
+            raise RolloutError(
+                f"{new} serves all traffic of {self.name}, but autoscale was not applied: {exc} "
+                f"Until it is, {new} keeps its fixed instance count; rerun the deploy once fixed."
+            ) from exc
+        self.log(
+            f"Autoscale: {new} runs {scale.min_instances} to {scale.max_instances} instances "
+            "on CPU and requests per instance."
+        )
+
     # ------------------------------------------------------------------ the rollout
 
     def run(self) -> RolloutReport:
@@ -275,6 +343,7 @@ class _Rollout:
             model=self.model,
             environment=environment,
         )
+        self._configure(deployment)
         report = RolloutReport(self.name, new, old, dict(endpoint.traffic or {}))
         report.scoring_uri = endpoint.scoring_uri
         self.log(
@@ -287,6 +356,7 @@ class _Rollout:
             cause = f"Creating deployment {new} failed: {_service_message(exc)}{self._logs(new)}"
             raise self._roll_back(new, old, cause) from exc
         try:
+            self._monitor(endpoint, new)
             self._smoke(new)
             steps = self.steps if old is not None else [100]
             for share in steps:
@@ -303,6 +373,7 @@ class _Rollout:
             cause = f"Rollout of {new} failed: {_service_message(exc)}"
             raise self._roll_back(new, old, cause) from exc
         report.traffic = {new: 100}
+        self._autoscale(endpoint, new)
         if old is not None and self.delete_old:
             self.log(f"Removing {old}: {self._remove(old)}.")
         return report
@@ -320,8 +391,15 @@ def rollout(
     digits: SampleDigits | None = None,
     log: Callable[[str], None] = print,
     sleep: Callable[[float], None] = time.sleep,
+    sampling_rate: float | None = None,
+    operations: azure_monitor.Operations | None = None,
 ) -> RolloutReport:
-    """Roll ``model`` out to the endpoint as the idle colour; see the module docstring."""
+    """Roll ``model`` out to the endpoint as the idle colour; see the module docstring.
+
+    ``sampling_rate`` overrides the share of requests the data collector keeps
+    (deployment.yml's ``data_collector.sampling_rate``); ``operations``: the stack's Log
+    Analytics workspace and instance range (none: no diagnostic or autoscale settings).
+    """
     steps = list(steps)
     if (
         not steps
@@ -333,6 +411,7 @@ def rollout(
             f"Traffic steps {steps} must rise within 1-100 and end at 100, e.g. 10 50 100."
         )
     spec = specs.MLFLOW_DEPLOYMENT_SPEC if no_code else specs.DEPLOYMENT_SPEC
+    check_sampling_rate(sampling_rate, spec)
     endpoint = specs.load_endpoint(endpoint_name or _spec_endpoint_name(spec))
     problems = specs.check_deployment(specs.load_deployment(spec))
     if problems:
@@ -349,7 +428,25 @@ def rollout(
         digits=digits or load_sample_digits(),
         log=log,
         sleep=sleep,
+        sampling_rate=sampling_rate,
+        operations=operations,
     ).run()
+
+
+def check_sampling_rate(rate: float | None, spec: Path = specs.DEPLOYMENT_SPEC) -> None:
+    """RolloutError unless ``rate`` is None or a share in (0, 1] for a spec that collects."""
+    if rate is None:
+        return
+    if not 0 < rate <= 1:
+        raise RolloutError(
+            f"Sampling rate {rate:g} must be above 0 and at most 1 (the share of requests whose "
+            "inputs and outputs the data collector keeps), e.g. 0.1."
+        )
+    if specs.load_deployment(spec).data_collector is None:
+        raise RolloutError(
+            f"{spec.name} has no data_collector, so there is nothing to sample: leave out the "
+            "sampling rate, or add a data_collector section to the spec."
+        )
 
 
 def _spec_endpoint_name(spec: Path) -> str:

@@ -6,8 +6,10 @@ through the SDK's own serialisation, pipeline policies, polling and deserialisat
 storage client that uploads the scoring code builds its own session; the ``install`` helper
 routes plain ``HTTPAdapter`` traffic here too, so uploads are recorded as well.
 
-It keeps endpoints, deployments, environment and code versions and uploaded blobs in
-dictionaries, answers like the ARM API (long-running operations complete at once), and
+It keeps endpoints, deployments, environment and code versions, uploaded blobs and the Azure
+Monitor settings the rollout adds (diagnostic settings on the endpoint and its deployments, the
+endpoint's autoscale setting) in dictionaries, answers like the ARM API (long-running
+operations complete at once), and
 forwards scoring requests to a ``scorer`` callback, which the tests point at the real local
 ``azmlinfsrv``. ``fail`` makes chosen requests fail as the service would.
 """
@@ -35,6 +37,17 @@ WS_PATH = (
     f"/providers/Microsoft.MachineLearningServices/workspaces/{WORKSPACE}"
 )
 STORAGE_HOST = "stmnistdev.blob.core.windows.net"
+RG_PATH = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
+LOG_ANALYTICS_ID = (
+    f"{RG_PATH}/providers/Microsoft.OperationalInsights/workspaces/log-mnist-dev-a1b2c3"
+)
+_AUTOSCALE = re.compile(
+    rf"{RG_PATH}/providers/microsoft\.insights/autoscalesettings/([^/]+)", re.IGNORECASE
+)
+_DIAGNOSTIC = re.compile(
+    r"/?(/subscriptions/.+)/providers/microsoft\.insights/diagnosticSettings/([^/]+)",
+    re.IGNORECASE,
+)
 
 Scorer = Callable[[str | None, bytes], tuple[int, bytes]]
 
@@ -47,8 +60,13 @@ class FakeAzureML:
     deployments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     environments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     codes: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # data assets: what the SDK registers for a deployment's data collector, the reference data
+    data: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
     models: dict[str, list[str]] = field(default_factory=lambda: {"tf-mnist": ["1", "2"]})
+    # resource ID -> diagnostic setting body; autoscale setting name -> body
+    diagnostic_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    autoscale_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     # (method, path regex) -> (status, code, message), answered instead of the normal reply
     failures: dict[tuple[str, str], tuple[int, str, str]] = field(default_factory=dict)
 
@@ -188,6 +206,10 @@ class FakeAzureML:
 
     def _arm(self, request: requests.PreparedRequest, call: Call) -> requests.Response:
         path = call.path
+        if m := _AUTOSCALE.fullmatch(path):
+            return self._autoscale(request, call, m.group(1))
+        if m := _DIAGNOSTIC.fullmatch(path):
+            return self._diagnostic(request, call, m.group(1), m.group(2))
         if not path.startswith(WS_PATH):
             return error_response(request, 404, "NotFound", f"no workspace at {path}")
         rest = path[len(WS_PATH) :]
@@ -209,6 +231,8 @@ class FakeAzureML:
             return json_response(request, 200, {"content": "init() failed: see above"})
         if m := re.fullmatch(r"/environments/([^/]+)/versions/([^/]+)", rest):
             return self._versioned(request, call, self.environments, "environments", m)
+        if m := re.fullmatch(r"/data/([^/]+)/versions/([^/]+)", rest):
+            return self._versioned(request, call, self.data, "data", m)
         if m := re.fullmatch(r"/codes/([^/]+)/versions", rest):
             return json_response(request, 200, {"value": []})  # no code with this hash yet
         if m := re.fullmatch(r"/codes/([^/]+)/versions/([^/]+)/startPendingUpload", rest):
@@ -280,6 +304,43 @@ class FakeAzureML:
             self.deployments.pop(key, None)
             return json_response(request, 200)
         return error_response(request, 405, "MethodNotAllowed", call.method)
+
+    def _resource_exists(self, resource_id: str) -> bool:
+        rest = resource_id[len(WS_PATH) :] if resource_id.startswith(WS_PATH) else None
+        if rest is None:
+            return False
+        if m := re.fullmatch(r"/onlineEndpoints/([^/]+)", rest):
+            return m.group(1) in self.endpoints
+        if m := re.fullmatch(r"/onlineEndpoints/([^/]+)/deployments/([^/]+)", rest):
+            return (m.group(1), m.group(2)) in self.deployments
+        return False
+
+    def _diagnostic(self, request, call: Call, resource_id: str, name: str) -> requests.Response:
+        if call.method != "PUT":
+            return error_response(request, 405, "MethodNotAllowed", call.method)
+        if not self._resource_exists(resource_id):
+            return error_response(
+                request, 404, "ResourceNotFound", f"The resource {resource_id} was not found."
+            )
+        body = call.json()
+        self.diagnostic_settings[resource_id] = body
+        resource = {"id": call.path, "name": name, **body}
+        return json_response(request, 200, resource)
+
+    def _autoscale(self, request, call: Call, name: str) -> requests.Response:
+        if call.method == "GET" and name in self.autoscale_settings:
+            return json_response(request, 200, self.autoscale_settings[name])
+        if call.method != "PUT":
+            return error_response(request, 404, "ResourceNotFound", f"no autoscale {name}")
+        body = call.json()
+        target = body.get("properties", {}).get("targetResourceUri", "")
+        if not self._resource_exists(target):
+            return error_response(
+                request, 400, "TargetResourceNotFound", f"The target {target} was not found."
+            )
+        created = name not in self.autoscale_settings
+        self.autoscale_settings[name] = {"id": call.path, "name": name, **body}
+        return json_response(request, 201 if created else 200, self.autoscale_settings[name])
 
     def _versioned(self, request, call: Call, store: dict, kind: str, m: re.Match[str]):
         key = (m.group(1), m.group(2))

@@ -13,7 +13,14 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from serving_fake_azure import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, WS_PATH, FakeAzureML
+from serving_fake_azure import (
+    LOG_ANALYTICS_ID,
+    RESOURCE_GROUP,
+    SUBSCRIPTION,
+    WORKSPACE,
+    WS_PATH,
+    FakeAzureML,
+)
 
 from serving import rollout
 from tests.azure_fakes import TOKEN, StaticCredential
@@ -360,7 +367,14 @@ def test_the_workspace_comes_from_the_pulumi_stack_by_default(monkeypatch):
     from infra.outputs import OUTPUT_KEYS, parse_stack_outputs
 
     values = {key: f"value-{key}" for key in OUTPUT_KEYS.values()}
-    values.update(subscriptionId=SUBSCRIPTION, gpuMaxNodes=2, gpusPerNode=1)
+    values.update(
+        subscriptionId=SUBSCRIPTION,
+        gpuMaxNodes=2,
+        gpusPerNode=1,
+        endpointMinInstances=1,
+        endpointMaxInstances=3,
+        alertEmails=[],
+    )
     stacks: list[str | None] = []
 
     def read(stack):
@@ -385,3 +399,182 @@ def test_dry_run_prints_the_deployment_without_azure(monkeypatch, capsys):
     assert entry.main(["deploy", "--dry-run", "--model", "azureml:tf-mnist:3"]) == 0
     out = capsys.readouterr().out
     assert "model: azureml:tf-mnist:3" in out and "instance_type: Standard_DS3_v2" in out
+
+
+# ----------------------------------------------------------------- monitoring and autoscale
+
+ENDPOINT_ID = f"{WS_PATH}/onlineEndpoints/mnist-digits"
+
+
+@pytest.fixture
+def operations(fake):
+    from azure.mgmt.monitor import MonitorManagementClient
+
+    from serving.monitoring import azure_monitor
+
+    monitor = MonitorManagementClient(StaticCredential(), SUBSCRIPTION, transport=fake.transport())
+    return azure_monitor.Operations(
+        monitor=monitor,
+        resource_group=RESOURCE_GROUP,
+        log_analytics_workspace_id=LOG_ANALYTICS_ID,
+        scale=azure_monitor.Scale(min_instances=1, max_instances=3),
+    )
+
+
+def _rule(metric: str, operator: str, threshold: float, window: str, cooldown: str, **extra):
+    direction = "Increase" if operator == "GreaterThan" else "Decrease"
+    namespace = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints"
+    resource = ENDPOINT_ID
+    if metric == "CpuUtilizationPercentage":
+        namespace += "/deployments"
+        resource = f"{ENDPOINT_ID}/deployments/green"
+    trigger = {
+        "metricName": metric,
+        "metricNamespace": namespace,
+        "metricResourceUri": resource,
+        "timeGrain": "PT1M",
+        "statistic": "Average",
+        "timeWindow": window,
+        "timeAggregation": "Average",
+        "operator": operator,
+        "threshold": threshold,
+        **extra,
+    }
+    action = {"direction": direction, "type": "ChangeCount", "value": "1", "cooldown": cooldown}
+    return {"metricTrigger": trigger, "scaleAction": action}
+
+
+GREEN_ONLY = {
+    "dimensions": [{"DimensionName": "deployment", "Operator": "Equals", "Values": ["green"]}],
+    "dividePerInstance": True,
+}
+
+
+def test_the_new_colour_reports_to_log_analytics_before_it_serves_and_then_autoscales(
+    fake, ml_client, operations
+):
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    messages: list[str] = []
+    deploy(ml_client, messages, model="azureml:tf-mnist:2", operations=operations)
+
+    # Requests are reported under the endpoint's name; the data collector samples 10%.
+    (put,) = [c for c in fake.arm_calls("PUT") if c.path == f"{ENDPOINT_ID}/deployments/green"]
+    properties = put.json()["properties"]
+    assert properties["environmentVariables"]["SERVICE_NAME"] == "mnist-digits"
+    assert properties["appInsightsEnabled"] is True
+    collections = properties["dataCollector"]["collections"]
+    assert set(collections) == {"model_inputs", "model_outputs"}
+    assert {c["samplingRate"] for c in collections.values()} == {0.1}
+    assert {c["dataCollectionMode"] for c in collections.values()} == {"enabled"}
+    assert collections["model_outputs"]["dataId"] == (
+        f"{WS_PATH}/data/mnist-digits-green-model_outputs/versions/1"
+    )
+    assert fake.data[("mnist-digits-green-model_outputs", "1")]["properties"]["dataUri"] == (
+        "azureml://datastores/workspaceblobstore/paths/modelDataCollector/mnist-digits/green/"
+        "model_outputs"
+    )
+
+    # Diagnostic settings: the endpoint's logs and metrics, green's metrics, before any
+    # smoke test or traffic.
+    diagnostics = fake.arm_calls("PUT", "/diagnosticSettings/send-to-log-analytics")
+    assert [c.path for c in diagnostics] == [
+        f"{ENDPOINT_ID}/providers/Microsoft.Insights/diagnosticSettings/send-to-log-analytics",
+        f"{ENDPOINT_ID}/deployments/green/providers/Microsoft.Insights/diagnosticSettings/"
+        "send-to-log-analytics",
+    ]
+    assert {c.query["api-version"] for c in diagnostics} == {"2021-05-01-preview"}
+    endpoint_setting, green_setting = (c.json()["properties"] for c in diagnostics)
+    assert endpoint_setting == {
+        "workspaceId": LOG_ANALYTICS_ID,
+        "logAnalyticsDestinationType": "Dedicated",
+        "logs": [{"categoryGroup": "allLogs", "enabled": True}],
+        "metrics": [{"category": "AllMetrics", "enabled": True}],
+    }
+    assert green_setting["metrics"] == [{"category": "AllMetrics", "enabled": True}]
+    assert green_setting["logs"] == [] and green_setting["workspaceId"] == LOG_ANALYTICS_ID
+    assert fake.calls.index(diagnostics[-1]) < fake.calls.index(fake.scoring_calls()[0])
+
+    # Autoscale once green takes all traffic: 1-3 instances on CPU and requests per instance.
+    (autoscale,) = fake.arm_calls("PUT", "/autoscalesettings/")
+    assert autoscale.path == (
+        f"/subscriptions/{SUBSCRIPTION}/resourcegroups/{RESOURCE_GROUP}"  # the SDK's spelling
+        "/providers/Microsoft.Insights/autoscalesettings/mnist-digits-autoscale"
+    )
+    assert autoscale.query["api-version"] == "2022-10-01"
+    assert autoscale.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert fake.calls.index(autoscale) > fake.calls.index(fake.endpoint_puts("mnist-digits")[-1])
+    body = autoscale.json()
+    assert body["location"] == "swedencentral"
+    assert body["properties"]["enabled"] is True
+    assert body["properties"]["targetResourceUri"] == f"{ENDPOINT_ID}/deployments/green"
+    (profile,) = body["properties"]["profiles"]
+    assert profile["capacity"] == {"minimum": "1", "maximum": "3", "default": "1"}
+    assert profile["rules"] == [
+        _rule("CpuUtilizationPercentage", "GreaterThan", 70, "PT5M", "PT5M"),
+        _rule("RequestsPerMinute", "GreaterThan", 60000, "PT5M", "PT5M", **GREEN_ONLY),
+        _rule("CpuUtilizationPercentage", "LessThan", 25, "PT15M", "PT15M"),
+        _rule("RequestsPerMinute", "LessThan", 15000, "PT15M", "PT15M", **GREEN_ONLY),
+    ]
+    assert any("Autoscale: green runs 1 to 3 instances" in m for m in messages)
+
+
+def test_the_autoscale_setting_follows_the_serving_colour(fake, ml_client, operations):
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    deploy(ml_client, steps=[100], operations=operations)
+    deploy(ml_client, steps=[100], operations=operations, delete_old=True)
+    targets = [
+        c.json()["properties"]["targetResourceUri"].rsplit("/", 1)[1]
+        for c in fake.arm_calls("PUT", "/autoscalesettings/")
+    ]
+    assert targets == ["green", "blue"]
+    (setting,) = fake.autoscale_settings.values()  # one per endpoint, moved, never duplicated
+    assert setting["properties"]["targetResourceUri"] == f"{ENDPOINT_ID}/deployments/blue"
+    assert ("mnist-digits", "green") not in fake.deployments
+
+
+def test_a_refused_diagnostic_setting_rolls_back_before_any_traffic(fake, ml_client, operations):
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    fake.fail("PUT", r"/diagnosticSettings/", 403, "AuthorizationFailed",
+              "The client does not have authorization to perform action "
+              "'microsoft.insights/diagnosticSettings/write'.")  # fmt: skip
+    with pytest.raises(rollout.RolloutError) as failure:
+        deploy(ml_client, operations=operations)
+    message = str(failure.value)
+    assert "Azure Monitor refused the diagnostic setting of the endpoint" in message
+    assert "Monitoring Contributor" in message
+    assert "all traffic is back on blue" in message and "deleted green" in message
+    assert fake.traffic_updates("mnist-digits") == [{"blue": 100}]
+    assert not fake.scoring_calls() and not fake.arm_calls("PUT", "/autoscalesettings/")
+
+
+def test_a_refused_autoscale_leaves_the_new_colour_serving_and_says_so(fake, ml_client, operations):
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    fake.fail("PUT", r"/autoscalesettings/", 403, "AuthorizationFailed",
+              "no permission for microsoft.insights/autoscalesettings/write")  # fmt: skip
+    with pytest.raises(rollout.RolloutError) as failure:
+        deploy(ml_client, steps=[100], operations=operations)
+    message = str(failure.value)
+    assert message.startswith("green serves all traffic of mnist-digits, but autoscale was not")
+    assert "autoscalesettings/write" in message and "Rolled back" not in message
+    assert fake.endpoints["mnist-digits"]["properties"]["traffic"] == {"green": 100}
+
+
+def test_the_sampling_rate_overrides_the_spec(fake, ml_client):
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    deploy(ml_client, steps=[100], sampling_rate=0.25)
+    (put,) = fake.arm_calls("PUT", "/deployments/green")
+    collections = put.json()["properties"]["dataCollector"]["collections"]
+    assert [c["samplingRate"] for c in collections.values()] == [0.25, 0.25]
+
+
+@pytest.mark.parametrize("rate", [0, -0.1, 1.5])
+def test_a_sampling_rate_outside_0_to_1_is_refused_before_azure(fake, ml_client, rate):
+    with pytest.raises(rollout.RolloutError, match="must be above 0 and at most 1"):
+        deploy(ml_client, sampling_rate=rate)
+    assert not fake.calls
+
+
+def test_the_no_code_deployment_has_nothing_to_sample(fake, ml_client):
+    with pytest.raises(rollout.RolloutError, match=r"mlflow-deployment\.yml has no data_collector"):
+        deploy(ml_client, no_code=True, sampling_rate=0.5)
+    assert not fake.calls
