@@ -16,6 +16,7 @@ forwards scoring requests to a ``scorer`` callback, which the tests point at the
 
 from __future__ import annotations
 
+import base64
 import re
 import urllib.parse
 from collections.abc import Callable
@@ -64,6 +65,7 @@ class FakeAzureML:
     data: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
     models: dict[str, list[str]] = field(default_factory=lambda: {"tf-mnist": ["1", "2"]})
+    schedules: dict[str, dict[str, Any]] = field(default_factory=dict)
     # resource ID -> diagnostic setting body; autoscale setting name -> body
     diagnostic_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     autoscale_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -231,6 +233,13 @@ class FakeAzureML:
             return json_response(request, 200, {"content": "init() failed: see above"})
         if m := re.fullmatch(r"/environments/([^/]+)/versions/([^/]+)", rest):
             return self._versioned(request, call, self.environments, "environments", m)
+        if rest == "/datastores/workspaceblobstore":
+            return json_response(request, 200, self._blobstore())
+        if rest == "/datastores/workspaceblobstore/listSecrets" and method == "POST":
+            key = base64.b64encode(b"k" * 32).decode()
+            return json_response(request, 200, {"secretsType": "AccountKey", "key": key})
+        if m := re.fullmatch(r"/schedules/([^/]+)", rest):
+            return self._schedule(request, call, m.group(1))
         if m := re.fullmatch(r"/data/([^/]+)/versions/([^/]+)", rest):
             return self._versioned(request, call, self.data, "data", m)
         if m := re.fullmatch(r"/codes/([^/]+)/versions", rest):
@@ -295,7 +304,14 @@ class FakeAzureML:
                 return error_response(request, 404, "NotFound", f"Deployment {name} not found.")
             return json_response(request, 200, self.deployments[key])
         if call.method == "PUT":
-            resource = self._deployment_resource(endpoint, name, call.json().get("properties", {}))
+            properties = call.json().get("properties", {})
+            # The service answers with its enum spelling: azure-ai-ml sends "enabled" and reads
+            # a collection as on only when it comes back "Enabled".
+            for collection in properties.get("dataCollector", {}).get("collections", {}).values():
+                mode = collection.get("dataCollectionMode")
+                if mode:
+                    collection["dataCollectionMode"] = mode.capitalize()
+            resource = self._deployment_resource(endpoint, name, properties)
             self.deployments[key] = resource
             return json_response(request, 201, resource)
         if call.method == "DELETE":
@@ -304,6 +320,40 @@ class FakeAzureML:
             self.deployments.pop(key, None)
             return json_response(request, 200)
         return error_response(request, 405, "MethodNotAllowed", call.method)
+
+    @staticmethod
+    def _blobstore() -> dict[str, Any]:
+        """The workspace's default datastore: where local folders are uploaded."""
+        return {
+            "id": f"{WS_PATH}/datastores/workspaceblobstore",
+            "name": "workspaceblobstore",
+            "properties": {
+                "datastoreType": "AzureBlob",
+                "accountName": STORAGE_HOST.split(".")[0],
+                "containerName": "azureml-blobstore",
+                "endpoint": "core.windows.net",
+                "protocol": "https",
+                "isDefault": True,
+                "credentials": {"credentialsType": "AccountKey"},
+            },
+        }
+
+    def _schedule(self, request, call: Call, name: str) -> requests.Response:
+        if call.method == "GET":
+            if name not in self.schedules:
+                return error_response(request, 404, "NotFound", f"Schedule {name} not found.")
+            return json_response(request, 200, self.schedules[name])
+        if call.method != "PUT":
+            return error_response(request, 405, "MethodNotAllowed", call.method)
+        body = call.json()
+        resource = {
+            "id": f"{WS_PATH}/schedules/{name}",
+            "name": name,
+            "properties": {**body["properties"], "provisioningState": "Succeeded"},
+        }
+        created = name not in self.schedules
+        self.schedules[name] = resource
+        return json_response(request, 201 if created else 200, resource)
 
     def _resource_exists(self, resource_id: str) -> bool:
         rest = resource_id[len(WS_PATH) :] if resource_id.startswith(WS_PATH) else None
