@@ -5,6 +5,11 @@
 - ``deploy``: safe blue/green rollout of a registered model to the managed online endpoint
   (serving/rollout.py): new colour at 0%, smoke test through the deployment header, traffic in
   steps, automatic rollback. ``--no-code`` deploys the MLflow model without a scoring script.
+  With the Pulumi stack's outputs it also sends the new deployment's metrics and the endpoint's
+  logs to the stack's Log Analytics workspace and moves the endpoint's autoscale setting
+  (endpointMinInstances to endpointMaxInstances) to it; ``--monitor`` re-points the drift monitor.
+- ``monitor``: create or update the endpoint's prediction-drift monitor on its serving colour
+  (serving/monitoring/prediction-drift.yml), registering the training labels as its reference.
 - ``invoke``: score a ``.npy`` or ``.json`` file of images against ``serve`` or the endpoint.
 """
 
@@ -84,10 +89,43 @@ def register(subparsers: Any) -> None:
         help="delete the previous colour after a successful rollout (default: keep it at 0%%)",
     )
     deploy.add_argument(
+        "--sampling-rate",
+        type=_sampling_rate,
+        metavar="RATE",
+        help="share of requests (0 < RATE <= 1) whose inputs and outputs the data collector "
+        "keeps (default: data_collector.sampling_rate in serving/deployment.yml)",
+    )
+    deploy.add_argument(
+        "--monitor",
+        action="store_true",
+        help="then point the prediction-drift monitor at the new colour (as `monitor` does)",
+    )
+    _add_data_folder(deploy)
+    deploy.add_argument(
         "--dry-run", action="store_true", help="print the deployment it would create and stop"
     )
     azureml.add_workspace_arguments(deploy, compute=False)
     deploy.set_defaults(func=cmd_deploy)
+
+    monitor = subparsers.add_parser(
+        "monitor",
+        help="create or update the endpoint's prediction-drift monitor",
+        description="Create or update the daily prediction-drift monitor of the endpoint "
+        "(serving/monitoring/prediction-drift.yml) on the deployment that serves it, comparing "
+        "the digits it predicts with the MNIST training labels (registered as the data asset "
+        "mnist-training-labels when missing). Alerts go to the stack's alertEmails. Rerun it "
+        "after each deploy, or deploy with --monitor.",
+    )
+    monitor.add_argument("--endpoint", help="endpoint name (default: the spec's endpoint_name)")
+    monitor.add_argument(
+        "--email",
+        action="append",
+        metavar="ADDRESS",
+        help="alert this address (repeatable; default: the stack's alertEmails)",
+    )
+    _add_data_folder(monitor)
+    azureml.add_workspace_arguments(monitor, compute=False)
+    monitor.set_defaults(func=cmd_monitor)
 
     invoke = subparsers.add_parser(
         "invoke",
@@ -162,6 +200,91 @@ def _run_in_foreground(command: list[str], env: dict[str, str]) -> int:
 # --------------------------------------------------------------------------- deploy
 
 
+def _sampling_rate(text: str) -> float:
+    """argparse type: a share of requests, 0 < rate <= 1."""
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = float("nan")
+    if not 0 < rate <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a share of requests: give a number above 0 and at most 1, e.g. 0.1"
+        )
+    return rate
+
+
+def _add_data_folder(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-folder",
+        help="MNIST folder whose training labels become the monitor's reference data, when the "
+        "workspace lacks it (default: $MNIST_DATA_DIR, else downloaded)",
+    )
+
+
+def _stack_outputs(args: argparse.Namespace) -> Any:
+    """The Pulumi stack's outputs, or None when the flags name a workspace made another way."""
+    if args.subscription and args.resource_group and args.workspace:
+        return None
+    from scripts.infra import read_stack_outputs
+
+    return read_stack_outputs(args.stack)
+
+
+def _monitor_client(ml_client: Any, subscription_id: str) -> Any:
+    """An Azure Monitor client signed in as the MLClient is."""
+    from azure.mgmt.monitor import MonitorManagementClient
+
+    return MonitorManagementClient(ml_client._credential, subscription_id)
+
+
+def _operations(ml_client: Any, outputs: Any) -> Any:
+    """What the stack gives each deployment: Log Analytics and the autoscale range."""
+    from serving.monitoring import azure_monitor
+
+    if outputs is None:
+        print(
+            "The workspace is named by flags, not the Pulumi stack: no diagnostic settings or "
+            "autoscale (deploy with the stack's workspace to get them)."
+        )
+        return None
+    try:
+        scale = azure_monitor.Scale(outputs.endpoint_min_instances, outputs.endpoint_max_instances)
+    except azure_monitor.MonitorError as exc:
+        raise UserError(str(exc)) from None
+    return azure_monitor.Operations(
+        monitor=_monitor_client(ml_client, outputs.subscription_id),
+        resource_group=outputs.resource_group,
+        log_analytics_workspace_id=outputs.log_analytics_workspace_id,
+        scale=scale,
+    )
+
+
+def _training_labels(data_folder: str | None) -> Any:
+    from training.data import DataError, load_mnist
+
+    try:
+        return load_mnist(data_folder).y_train
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _apply_monitor(
+    ml_client: Any, endpoint: str, data_folder: str | None, emails: Any, target: Any
+) -> None:
+    from serving.monitoring import schedule
+
+    try:
+        with azureml.azure_errors(target):
+            schedule.apply_monitor(
+                ml_client,
+                endpoint=endpoint,
+                labels=lambda: _training_labels(data_folder),
+                emails=list(emails or ()),
+            )
+    except schedule.MonitorError as exc:
+        raise UserError(str(exc)) from None
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from serving import rollout, specs
 
@@ -176,7 +299,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"problem: {problem}", file=sys.stderr)
         return 1 if problems else 0
+    if args.no_code and (args.monitor or args.sampling_rate is not None):
+        raise UserError(
+            "--monitor and --sampling-rate need the data collector of serving/deployment.yml; "
+            "the no-code deployment (--no-code) has none."
+        )
     target, ml_client = azureml.connect(args)
+    outputs = _stack_outputs(args)
+    operations = _operations(ml_client, outputs)
     try:
         with azureml.azure_errors(target):
             report = rollout.rollout(
@@ -187,15 +317,39 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 steps=args.steps,
                 step_wait_s=args.step_wait,
                 delete_old=args.delete_old,
+                sampling_rate=args.sampling_rate,
+                operations=operations,
             )
     except (rollout.RolloutError, specs.SpecError) as exc:
         raise UserError(str(exc)) from None
+    if args.monitor:
+        emails = outputs.alert_emails if outputs is not None else ()
+        _apply_monitor(ml_client, report.endpoint, args.data_folder, emails, target)
     previous = f"; {report.previous} kept at 0%" if report.previous else ""
     if report.previous and args.delete_old:
         previous = f"; {report.previous} deleted"
     print(f"{report.endpoint}: all traffic on {report.deployment}{previous}.")
     if report.scoring_uri:
         print(f"Scoring URI: {report.scoring_uri}")
+    return 0
+
+
+# --------------------------------------------------------------------------- monitor
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from serving import rollout, specs
+
+    try:
+        endpoint = args.endpoint or rollout.deployment_for(specs.DEPLOYMENT_SPEC).endpoint_name
+    except specs.SpecError as exc:
+        raise UserError(str(exc)) from None
+    target, ml_client = azureml.connect(args)
+    emails = args.email
+    if emails is None:
+        outputs = _stack_outputs(args)
+        emails = outputs.alert_emails if outputs is not None else ()
+    _apply_monitor(ml_client, str(endpoint), args.data_folder, emails, target)
     return 0
 
 

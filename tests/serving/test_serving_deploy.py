@@ -311,15 +311,59 @@ def test_no_code_deploys_the_real_mlflow_model_without_script_or_environment(
 # ----------------------------------------------------------------- the command line
 
 
+# What `pulumi stack output --json` gives the commands: a prod-like stack (2-6 instances).
+STACK_OUTPUTS = {
+    "subscriptionId": SUBSCRIPTION,
+    "tenantId": "00000000-0000-0000-0000-0000000000aa",
+    "resourceGroupName": RESOURCE_GROUP,
+    "location": "swedencentral",
+    "workspaceName": WORKSPACE,
+    "gpuClusterName": "gpu-cluster",
+    "gpuVmSize": "Standard_NC4as_T4_v3",
+    "gpuMaxNodes": 2,
+    "gpusPerNode": 1,
+    "cpuClusterName": "cpu-cluster",
+    "storageAccountName": "stmnistdev",
+    "datasetsContainerName": "datasets",
+    "datasetsDatastoreName": "datasets",
+    "containerRegistryName": "crmnistdev",
+    "keyVaultName": "kv-mnist-dev",
+    "computeIdentityId": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/x",
+    "computeIdentityClientId": "00000000-0000-0000-0000-0000000000cc",
+    "networkProfile": "standard",
+    "logAnalyticsWorkspaceId": LOG_ANALYTICS_ID,
+    "endpointMinInstances": 2,
+    "endpointMaxInstances": 6,
+    "alertEmails": ["oncall@contoso.com"],
+}
+
+
 @pytest.fixture
-def cli(monkeypatch, ml_client):
-    """``python -m scripts`` with the serving commands, using the offline workspace."""
+def cli(monkeypatch, fake, ml_client):
+    """``python -m scripts`` with the serving commands, using the offline workspace and a
+    deployed stack's outputs; Azure Monitor calls reach the same fake through the SDK."""
+    from azure.mgmt.monitor import MonitorManagementClient
+
     import scripts.__main__ as entry
     import scripts.azureml
+    import scripts.infra
+    import scripts.serving
+    from infra.outputs import parse_stack_outputs
 
     target = scripts.azureml.Target(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE, None, None, "test")
     monkeypatch.setattr(entry, "COMMAND_MODULES", ("scripts.serving",))
     monkeypatch.setattr(scripts.azureml, "connect", lambda args: (target, ml_client))
+    monkeypatch.setattr(
+        scripts.infra, "read_stack_outputs", lambda stack: parse_stack_outputs(STACK_OUTPUTS)
+    )
+
+    def monitor_client(client, subscription_id):
+        assert client is ml_client and subscription_id == SUBSCRIPTION
+        return MonitorManagementClient(
+            StaticCredential(), subscription_id, transport=fake.transport()
+        )
+
+    monkeypatch.setattr(scripts.serving, "_monitor_client", monitor_client)
     return entry.main
 
 
@@ -340,6 +384,75 @@ def test_deploy_command_rolls_out(fake, cli, capsys):
     out = capsys.readouterr().out
     assert "mnist-digits: all traffic on green; blue kept at 0%." in out
     assert fake.traffic_updates("mnist-digits") == [{"green": 50, "blue": 50}, {"green": 100}]
+
+
+def test_deploy_command_applies_the_stack_s_instance_range_and_log_analytics(fake, cli, capsys):
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    assert cli(["deploy", "--steps", "100", "--step-wait", "0", "--sampling-rate", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "Autoscale: green runs 2 to 6 instances" in out
+    (autoscale,) = fake.autoscale_settings.values()
+    (profile,) = autoscale["properties"]["profiles"]
+    assert profile["capacity"] == {"minimum": "2", "maximum": "6", "default": "2"}
+    assert set(fake.diagnostic_settings) == {ENDPOINT_ID, f"{ENDPOINT_ID}/deployments/green"}
+    assert all(
+        setting["properties"]["workspaceId"] == LOG_ANALYTICS_ID
+        for setting in fake.diagnostic_settings.values()
+    )
+    collections = fake.deployments[("mnist-digits", "green")]["properties"]["dataCollector"]
+    assert {c["samplingRate"] for c in collections["collections"].values()} == {0.5}
+    assert not fake.schedules  # the monitor only with --monitor
+
+
+def test_deploy_with_flags_instead_of_the_stack_skips_what_the_stack_provides(
+    fake, cli, capsys, monkeypatch
+):
+    import scripts.infra
+
+    def no_stack(stack):
+        raise AssertionError("the flags name the workspace: the stack is not read")
+
+    monkeypatch.setattr(scripts.infra, "read_stack_outputs", no_stack)
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    flags = ["--subscription", SUBSCRIPTION, "--resource-group", RESOURCE_GROUP,
+             "--workspace", WORKSPACE]  # fmt: skip
+    assert cli(["deploy", "--steps", "100", "--step-wait", "0", *flags]) == 0
+    assert "no diagnostic settings or autoscale" in capsys.readouterr().out
+    assert not fake.autoscale_settings and not fake.diagnostic_settings
+
+
+@pytest.mark.parametrize("rate", ["0", "1.01", "-1", "ten", "nan"])
+def test_a_bad_sampling_rate_is_a_usage_error(cli, fake, capsys, rate):
+    with pytest.raises(SystemExit) as exit_:
+        cli(["deploy", "--sampling-rate", rate])
+    assert exit_.value.code == 2
+    assert "is not a share of requests: give a number above 0 and at most 1" in (
+        capsys.readouterr().err
+    )
+    assert not fake.calls
+
+
+def test_deploy_monitor_points_the_drift_monitor_at_the_new_colour(fake, cli, capsys, mnist_dir):
+    fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
+    code = cli(["deploy", "--steps", "100", "--step-wait", "0", "--monitor",
+                "--data-folder", str(mnist_dir)])  # fmt: skip
+    assert code == 0
+    (stored,) = fake.schedules.values()
+    definition = stored["properties"]["action"]["monitorDefinition"]
+    assert definition["monitoringTarget"]["deploymentId"] == f"{ENDPOINT_ID}/deployments/green"
+    assert definition["alertNotificationSetting"]["emailNotificationSetting"]["emails"] == [
+        "oncall@contoso.com"
+    ]
+    labels = next(body for name, body in fake.blobs.items() if name.endswith("/labels.csv"))
+    assert labels.count(b"\n") == 60_001  # header + the 60,000 training labels
+    assert "Monitor mnist-digits-prediction-drift" in capsys.readouterr().out
+
+
+def test_monitor_command_without_an_endpoint_says_deploy_first(fake, cli, capsys):
+    assert cli(["monitor", "--email", "me@contoso.com"]) == 2
+    err = capsys.readouterr().err
+    assert "Endpoint mnist-digits does not exist: deploy first" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.slow
