@@ -294,6 +294,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             deployment = rollout.deployment_for(spec, endpoint_name=args.endpoint, model=args.model)
         except specs.SpecError as exc:
             raise UserError(str(exc)) from None
+        if args.sampling_rate is not None and deployment.data_collector is not None:
+            deployment.data_collector.sampling_rate = args.sampling_rate
         problems = specs.check_deployment(deployment)
         deployment.dump(sys.stdout)
         for problem in problems:

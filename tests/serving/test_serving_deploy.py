@@ -512,6 +512,9 @@ def test_dry_run_prints_the_deployment_without_azure(monkeypatch, capsys):
     assert entry.main(["deploy", "--dry-run", "--model", "azureml:tf-mnist:3"]) == 0
     out = capsys.readouterr().out
     assert "model: azureml:tf-mnist:3" in out and "instance_type: Standard_DS3_v2" in out
+    assert "app_insights_enabled: true" in out and "sampling_rate: 0.1" in out
+    assert entry.main(["deploy", "--dry-run", "--sampling-rate", "0.3"]) == 0
+    assert "sampling_rate: 0.3" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------- monitoring and autoscale
