@@ -44,7 +44,9 @@ from predictor import (
     DigitClassifier,
     batch_too_large,
     max_body_bytes,
+    parse_request,
 )
+from request_log import DataCollection, RequestLog
 
 MAX_BATCH_ENV = "SCORING_MAX_BATCH"
 TIMEOUT_ENV = "SCORING_TIMEOUT_MS"  # azmlinfsrv's own setting (default one hour)
@@ -55,6 +57,8 @@ _read_seconds = 0.0
 _JSON = {"Content-Type": "application/json"}
 _DISCARD_LIMIT = 100 << 20  # what the endpoint's front end accepts (client_max_body_size 100m)
 _PIECE = 1 << 16
+_request_log = RequestLog()  # one JSON line per request on stdout, never the pixels
+_collection = DataCollection()  # Azure ML's data collector, when the deployment has one
 
 
 def _positive_int_from_env(name: str, default: int, unit: str) -> int:
@@ -95,7 +99,7 @@ def _publish_contract(classifier: DigitClassifier) -> None:
 
 def init() -> None:
     """Load and warm up the model; fail with a message saying what was expected where."""
-    global _classifier, _max_body, _read_seconds
+    global _classifier, _max_body, _read_seconds, _collection
     max_batch = _positive_int_from_env(MAX_BATCH_ENV, DEFAULT_MAX_BATCH, "images")
     timeout_ms = _positive_int_from_env(TIMEOUT_ENV, DEFAULT_TIMEOUT_MS, "milliseconds")
     _classifier = DigitClassifier.load(os.environ.get("AZUREML_MODEL_DIR"), max_batch=max_batch)
@@ -103,6 +107,7 @@ def init() -> None:
     _max_body = max_body_bytes(max_batch)
     _read_seconds = timeout_ms / 2000  # half the scoring timeout for the body, half for scoring
     _publish_contract(_classifier)
+    _collection = DataCollection.from_environment()
 
 
 def _error(exc: BadRequest, headers: dict[str, str] | None = None) -> AMLResponse:
@@ -270,12 +275,25 @@ def _read_body(request: AMLRequest) -> bytes:
 
 @rawhttp
 def run(request: AMLRequest) -> AMLResponse:
-    """Score one request; every client mistake becomes a 4xx with an explanation."""
+    """Score one request and log it (request id, status, images, latency: request_log.py)."""
+    started = _request_log.started()
+    status, images = 500, None  # what an exception out of _respond() becomes
+    try:
+        response, images = _respond(request)
+        status = response.status_code
+        return response
+    finally:
+        _request_log.record(request.headers, status, images, started)
+
+
+def _respond(request: AMLRequest) -> tuple[AMLResponse, int | None]:
+    """The response, and how many images it scored; every client mistake becomes a 4xx with
+    an explanation."""
     assert _classifier is not None, "init() has not run"
     if request.method != "POST":
         allow = {"Allow": "POST"}
         if request.method == "OPTIONS":
-            return AMLResponse("", 200, allow)
+            return AMLResponse("", 200, allow), None
         return _error(
             BadRequest(
                 f"{request.method[:20]} is not supported on /score: POST a JSON body such as "
@@ -284,9 +302,11 @@ def run(request: AMLRequest) -> AMLResponse:
                 code="MethodNotAllowed",
             ),
             allow,
-        )
+        ), None
     try:
-        body = _classifier.score(_read_body(request))
+        images = parse_request(_read_body(request), max_batch=_classifier.max_batch)
+        prediction = _classifier.predict(images)
     except BadRequest as exc:
-        return _error(exc)
-    return AMLResponse(body, 200, _JSON)
+        return _error(exc), None
+    _collection.collect(images, prediction.probabilities)
+    return AMLResponse(prediction.to_json(), 200, _JSON), len(images)

@@ -89,9 +89,10 @@ def test_first_rollout_creates_the_endpoint_and_serves_the_real_scorer(
     endpoint_put = fake.endpoint_puts("mnist-digits")[0].json()
     assert endpoint_put["properties"]["authMode"] == "AADToken"
 
-    environment = fake.arm_calls("PUT", "/environments/tf-mnist-serving/versions/1")[0].json()
+    environment = fake.arm_calls("PUT", "/environments/tf-mnist-serving/versions/2")[0].json()
     assert environment["properties"]["image"].startswith("mcr.microsoft.com/azureml/openmpi5.0")
     assert "azureml-inference-server-http==1.4.1" in environment["properties"]["condaFile"]
+    assert "azureml-ai-monitoring==1.0.0" in environment["properties"]["condaFile"]
 
     # Only the scoring code is uploaded (serving/.amlignore), under the folder's own name.
     assert sorted(name.rsplit("/", 2)[-2:][1] for name in fake.blobs) == [
@@ -107,7 +108,7 @@ def test_first_rollout_creates_the_endpoint_and_serves_the_real_scorer(
     (put,) = fake.arm_calls("PUT", "/onlineEndpoints/mnist-digits/deployments/blue")
     properties = put.json()["properties"]
     assert properties["model"] == f"{WS_PATH}/models/tf-mnist/versions/2"
-    assert properties["environmentId"] == f"{WS_PATH}/environments/tf-mnist-serving/versions/1"
+    assert properties["environmentId"] == f"{WS_PATH}/environments/tf-mnist-serving/versions/2"
     assert properties["codeConfiguration"]["scoringScript"] == "score.py"
     assert properties["codeConfiguration"]["codeId"].startswith(f"{WS_PATH}/codes/")
     assert properties["instanceType"] == "Standard_DS3_v2"
@@ -131,7 +132,7 @@ def test_blue_to_green_shifts_traffic_in_steps_after_a_smoke_test(fake, ml_clien
     fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
     environment = rollout.specs.load_serving_environment()
     conda = rollout.specs.ENVIRONMENT_SPEC.with_name("conda.yml").read_text()
-    fake.seed_environment("tf-mnist-serving", "1", environment.image, conda)
+    fake.seed_environment("tf-mnist-serving", "2", environment.image, conda)
     messages: list[str] = []
     report = deploy(ml_client, messages, model="azureml:tf-mnist:2")
 
@@ -157,7 +158,7 @@ def test_a_changed_environment_needs_a_new_version(fake, ml_client):
     conda = rollout.specs.ENVIRONMENT_SPEC.with_name("conda.yml").read_text()
     old = conda.replace("tensorflow-cpu==2.21.0", "tensorflow-cpu==2.20.0")
     image = rollout.specs.load_serving_environment().image
-    fake.seed_environment("tf-mnist-serving", "1", image, old)
+    fake.seed_environment("tf-mnist-serving", "2", image, old)
     with pytest.raises(rollout.RolloutError, match="differs from serving/environment/environment"):
         deploy(ml_client)
     assert not [c for c in fake.calls if c.method not in ("GET", "HEAD")]

@@ -301,3 +301,49 @@ def test_init_failure_explains_what_was_expected_where(tmp_path: Path, make_dir,
     assert str(tmp_path) in log
     for fragment in fragments:
         assert fragment in log
+
+
+def _score_log_lines(server: LocalServer, request_id: str) -> list[dict]:
+    """The server's structured per-request lines (serving/request_log.py) for ``request_id``."""
+    lines = []
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        start = line.find('{"event":"score"')
+        if start >= 0 and request_id in line:
+            lines.append(json.loads(line[start:]))
+    return lines
+
+
+def test_each_request_is_logged_once_with_id_status_images_and_latency(scoring_server):
+    """One JSON line per request in the server's log, keyed by the caller's x-request-id, with
+    the status and image count, and never the pixels."""
+    import time
+
+    pixel = 0.123456789  # a value that would be recognisable in the log
+    ok = scoring_server.client.score(
+        {"data": [[pixel] * 784] * 3}, headers={"x-request-id": "log-test-ok-7f3a"}
+    )
+    bad = scoring_server.client.score(
+        {"data": [[2.5] * 784]}, headers={"x-ms-request-id": "log-test-bad-91c2"}
+    )
+    assert (ok.status, bad.status) == (200, 400)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the worker's stdout reaches the log file shortly after
+        good_lines = _score_log_lines(scoring_server.server, "log-test-ok-7f3a")
+        bad_lines = _score_log_lines(scoring_server.server, "log-test-bad-91c2")
+        if good_lines and bad_lines:
+            break
+        time.sleep(0.1)
+    assert len(good_lines) == 1 and len(bad_lines) == 1, scoring_server.server.log_tail()
+    (good,), (refused,) = good_lines, bad_lines
+    assert {k: good[k] for k in ("request_id", "status", "images")} == {
+        "request_id": "log-test-ok-7f3a",
+        "status": 200,
+        "images": 3,
+    }
+    assert {k: refused[k] for k in ("request_id", "status", "images")} == {
+        "request_id": "log-test-bad-91c2",
+        "status": 400,
+        "images": None,
+    }
+    assert 0 <= good["latency_ms"] < 60_000
+    assert "0.123456" not in scoring_server.server.log_path.read_text(errors="replace")
