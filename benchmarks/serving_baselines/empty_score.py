@@ -1,7 +1,9 @@
 """An entry script that does nothing: the floor azmlinfsrv itself sets (benchmarks only).
 
-It takes the raw request as serving/score.py does (``@rawhttp``) and answers a constant, so
-the time per request is the server's own: gunicorn, Flask, azmlinfsrv's hooks and logging.
+It takes the raw request as serving/score.py does (``@rawhttp``), reads the body (as any
+scorer must: answering before the upload ends makes the server drop the connection under the
+client) and answers a constant, so the time per request is the server's own: gunicorn, Flask,
+azmlinfsrv's hooks and logging, and receiving the bytes.
 """
 
 from azureml_inference_server_http.api.aml_request import rawhttp
@@ -14,4 +16,5 @@ def init():
 
 @rawhttp
 def run(request):
+    request.get_data(cache=False)
     return AMLResponse({"predictions": [], "probabilities": []}, 200, json_str=True)
