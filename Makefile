@@ -27,7 +27,7 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP) ## Create or update the local virtualenv (.venv) from requirements.txt
 
-demo: $(STAMP) ## Run the main job end to end on the local default (train on MNIST, print the result)
+demo: $(STAMP) ## The main job end to end: train on MNIST, register in local MLflow, serve under azmlinfsrv, score
 	$(PY) -m scripts demo
 
 train: $(STAMP) ## Train once with the default hyperparameters into ./outputs
