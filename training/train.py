@@ -9,7 +9,7 @@ Distributed: the same command, started by a launcher that sets the environment
 
     python -m scripts run training/jobs/multi_worker.yml   # TF_CONFIG, one process a worker
     python -m scripts run training/jobs/parameter_server.yml
-    horovodrun -np 2 -H localhost:2 --gloo python -m training.train  # Horovod
+    horovodrun -np 2 -H 127.0.0.1:2 --gloo python -m training.train  # Horovod
 
 Re-running the same command with the same ``--output-dir`` resumes from the last epoch
 checkpoint in ``OUTPUT_DIR/checkpoints`` (how low-priority nodes survive eviction), but only
