@@ -35,10 +35,10 @@ DATASETS_DATASTORE = "datasets"
 
 # An address an e-mail receiver accepts: one @, a dot in the domain, no spaces or commas.
 _EMAIL = re.compile(r"^[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$")
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _PLACEHOLDER_GUID = "00000000-0000-0000-0000-000000000000"
-_PROJECT = re.compile(r"^[a-z][a-z0-9]{1,9}$")
-_ENVIRONMENT = re.compile(r"^[a-z0-9]{1,6}$")
+PROJECT_NAME = re.compile(r"^[a-z][a-z0-9]{1,9}$")
+ENVIRONMENT_NAME = re.compile(r"^[a-z0-9]{1,6}$")
 _TYPES = ("string", "integer", "boolean", "array")
 
 # Azure's tag limits (Azure Resource Manager, "Use tags to organize your Azure resources"):
@@ -249,7 +249,7 @@ def _allowed(values: Any) -> str:
     return ", ".join(str(v) for v in values)
 
 
-class _Reader:
+class Reader:
     """Coerces raw values (strings from Pulumi, or YAML scalars) and collects problems."""
 
     def __init__(self, values: Mapping[str, Any], project: ProjectFile) -> None:
@@ -328,7 +328,7 @@ class _Reader:
         return next(iter(catalog))
 
 
-def _principals(read: _Reader) -> list[Principal]:
+def _principals(read: Reader) -> list[Principal]:
     """The data scientists, each object ID once: a duplicate (object IDs are case-insensitive)
     or an ID listed as both a user and a group is refused rather than dropped, since it is
     usually a pasted ID where another was meant, and only the person can tell which."""
@@ -336,7 +336,7 @@ def _principals(read: _Reader) -> list[Principal]:
     listed_in: dict[str, list[str]] = {}  # object ID -> the keys that list it
     for key, kind in (("dataScientistUsers", "User"), ("dataScientistGroups", "Group")):
         for object_id in read.strings(key):
-            if not _GUID.match(object_id):
+            if not GUID.match(object_id):
                 read.problems.append(
                     f"{key}: {object_id!r} is not an Entra ID object ID (a GUID; "
                     "`az ad user show --id <name> --query id -o tsv` prints a user's)"
@@ -365,7 +365,7 @@ def _principals(read: _Reader) -> list[Principal]:
     return principals
 
 
-def _emails(read: _Reader, key: str) -> tuple[str, ...]:
+def _emails(read: Reader, key: str) -> tuple[str, ...]:
     """E-mail addresses from a list key, each once (addresses ignore case)."""
     found: list[str] = []
     for address in read.strings(key):
@@ -388,17 +388,17 @@ def validate_config(values: Mapping[str, Any], project: ProjectFile | None = Non
     ``values`` must hold every key the stack sets in the project's namespace (not only the
     declared ones): an undeclared key is refused, never ignored."""
     project = project or load_project()
-    read = _Reader(values, project)
+    read = Reader(values, project)
     read.problems += unknown_key_problems(list(values), project)
 
     name = read.string("project")
-    if not _PROJECT.match(name):
+    if not PROJECT_NAME.match(name):
         read.problems.append(
             f"project: {name!r} must be 2-10 lowercase letters or digits starting with a letter "
             "(it goes into storage and registry names)"
         )
     environment = read.string("environment")
-    if not _ENVIRONMENT.match(environment):
+    if not ENVIRONMENT_NAME.match(environment):
         read.problems.append(
             f"environment: {environment!r} must be 1-6 lowercase letters or digits"
         )
@@ -550,7 +550,7 @@ def read_stack_values(
     """The project's keys (namespace stripped) from ``Pulumi.<stack>.yaml``, read offline.
 
     Used where the Pulumi CLI is not needed (``preflight``); the program itself gets the same
-    values from the CLI (``infra.program.stack_config``). Both strip the namespace with
+    values from the CLI (``stack_values``). Both strip the namespace with
     ``namespace_values`` and validate with ``validate_config``.
     """
     path = root / f"Pulumi.{stack.split('/')[-1]}.yaml"  # org/project/stack -> stack
@@ -571,6 +571,21 @@ def read_stack_values(
     if not isinstance(config, dict):
         raise ConfigError([f"{path.name}: `config` must be a mapping of key: value"])
     return namespace_values(config, project)
+
+
+def stack_values(project: ProjectFile) -> dict[str, Any]:
+    """Every key of ``project``'s namespace in this Pulumi run (namespace stripped), declared or
+    not, so that validation can refuse a mistyped one.
+
+    Read from where ``pulumi.Config`` looks keys up: the values set in the runtime (the Pulumi
+    CLI's Python executor loads the stack config there from the ``PULUMI_CONFIG`` variable;
+    ``pulumi.runtime.set_all_config`` under mocks) over that variable itself. ``pulumi.Config``
+    can only look a known key up, so a mistyped one would be invisible through it."""
+    from pulumi.runtime import config as runtime_config  # only inside a Pulumi program
+
+    config = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    secrets = [key for key in config if runtime_config.is_config_secret(key)]
+    return namespace_values(config, project, secrets)
 
 
 def namespace_values(

@@ -7,11 +7,9 @@ already validated ``InfraConfig`` and returns the stack outputs.
 from __future__ import annotations
 
 import datetime
-from typing import Any
 
 import pulumi
 import pulumi_random as random
-from pulumi.runtime import config as runtime_config
 from pulumi_azure_native import authorization, resources
 
 from infra.access import AccessControl, AccessControlArgs
@@ -21,8 +19,8 @@ from infra.config import (
     InfraConfig,
     ResourceNames,
     load_project,
-    namespace_values,
     resource_names,
+    stack_values,
     validate_config,
 )
 from infra.diagnostics import DiagnosticLogs, DiagnosticLogsArgs, core_log_sources
@@ -32,22 +30,11 @@ from infra.outputs import OUTPUT_KEYS
 from infra.workspace import WorkspaceCore, WorkspaceCoreArgs
 
 
-def stack_config() -> dict[str, Any]:
-    """Every config key of this run (``<namespace>:<key>`` -> value), from where ``pulumi.Config``
-    looks keys up: the values set in the runtime (the Pulumi CLI's Python executor loads the
-    stack config there from the ``PULUMI_CONFIG`` variable; ``pulumi.runtime.set_all_config``
-    under mocks) over that variable itself. ``pulumi.Config`` can only look a known key up, so a
-    mistyped one would be invisible through it."""
-    return {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
-
-
 def read_config() -> InfraConfig:
     """The stack's config (``pulumi config``), with ``Pulumi.yaml`` defaults, validated; every
     key of the project's namespace is checked, so a mistyped key is refused, not ignored."""
     project = load_project()
-    config = stack_config()
-    secrets = [key for key in config if runtime_config.is_config_secret(key)]
-    return validate_config(namespace_values(config, project, secrets), project)
+    return validate_config(stack_values(project), project)
 
 
 def build(cfg: InfraConfig) -> dict[str, pulumi.Input[object]]:

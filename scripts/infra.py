@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from infra.config import (
+    GUID,
     PROJECT_ROOT,
     ConfigError,
     load_project,
@@ -29,7 +29,6 @@ from infra.config import (
 from infra.outputs import StackOutputs, parse_stack_outputs
 from scripts import UserError
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 PULUMI_TIMEOUT_SECONDS = 120
 
 
@@ -71,7 +70,7 @@ def preflight(args: argparse.Namespace, *, credential: Any = None, **client_kwar
             "no Azure subscription: pass --subscription ID or set AZURE_SUBSCRIPTION_ID "
             "(`az account show --query id -o tsv` prints yours)"
         )
-    if not _GUID.match(subscription):
+    if not GUID.match(subscription):
         raise UserError(f"--subscription: {subscription!r} is not a subscription ID (a GUID)")
     if credential is None:
         from azure.identity import DefaultAzureCredential

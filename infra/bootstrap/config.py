@@ -14,8 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from infra.catalog import AZURE_ML_REGIONS
-from infra.config import _GUID, ConfigError, ProjectFile, load_project, resource_names
-from infra.config import _Reader as Reader  # the main stack's coercion rules, shared
+from infra.config import (  # the main stack's rules, shared
+    ENVIRONMENT_NAME,
+    GUID,
+    PROJECT_NAME,
+    ConfigError,
+    ProjectFile,
+    Reader,
+    load_project,
+    resource_names,
+    unknown_key_problems,
+)
 
 PROJECT_FILE = Path(__file__).resolve().parent / "Pulumi.yaml"
 
@@ -29,8 +38,6 @@ PRIVILEGED_ROLES: dict[str, str] = {
 
 _REPOSITORY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
 _BRANCH = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
-_PROJECT = re.compile(r"^[a-z][a-z0-9]{1,9}$")
-_ENVIRONMENT = re.compile(r"^[a-z0-9]{1,6}$")
 
 
 @dataclass(frozen=True)
@@ -70,12 +77,7 @@ def validate_bootstrap_config(
     ``BootstrapConfig``, or ``ConfigError`` naming every wrong key and its allowed values."""
     project = project or load_bootstrap_project()
     read = Reader(values, project)
-    for key in values:
-        if key not in project.settings:
-            read.problems.append(
-                f"{key}: unknown key for project {project.name}; "
-                f"known keys: {', '.join(sorted(project.settings))}"
-            )
+    read.problems += unknown_key_problems(list(values), project)
 
     repository = read.string("githubRepository")
     if not _REPOSITORY.match(repository):
@@ -89,7 +91,7 @@ def validate_bootstrap_config(
             f"branch: {branch!r} is not a branch name (e.g. main; without refs/heads/)"
         )
     name = read.string("project")
-    if not _PROJECT.match(name):
+    if not PROJECT_NAME.match(name):
         read.problems.append(
             f"project: {name!r} must be the main stack's project: 2-10 lowercase letters or "
             "digits starting with a letter"
@@ -98,7 +100,7 @@ def validate_bootstrap_config(
     if not environments:
         read.problems.append("environments: list at least one environment, e.g. [dev, prod]")
     for environment in environments:
-        if not _ENVIRONMENT.match(environment):
+        if not ENVIRONMENT_NAME.match(environment):
             read.problems.append(
                 f"environments: {environment!r} must be 1-6 lowercase letters or digits "
                 "(the main stack's `environment`)"
@@ -115,7 +117,7 @@ def validate_bootstrap_config(
     subscription_scope = read.boolean("subscriptionScope")
     roles = [role.lower() for role in read.strings("delegatedRoles")]
     for role in roles:
-        if not _GUID.match(role):
+        if not GUID.match(role):
             read.problems.append(
                 f"delegatedRoles: {role!r} is not a role definition GUID "
                 "(`az role definition list --name 'NAME' --query [].name -o tsv`)"

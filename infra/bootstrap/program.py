@@ -33,6 +33,7 @@ from infra.bootstrap.config import (
     load_bootstrap_project,
     validate_bootstrap_config,
 )
+from infra.config import stack_values
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 TOKEN_AUDIENCE = "api://AzureADTokenExchange"
@@ -285,9 +286,10 @@ class CiIdentity(pulumi.ComponentResource):
 
 
 def read_config() -> BootstrapConfig:
+    """The stack's config, every key of the project's namespace (so a mistyped one is refused,
+    not ignored), with ``Pulumi.yaml`` defaults, validated."""
     project = load_bootstrap_project()
-    config = pulumi.Config()
-    return validate_bootstrap_config({key: config.get(key) for key in project.settings}, project)
+    return validate_bootstrap_config(stack_values(project), project)
 
 
 def _environment_scopes(

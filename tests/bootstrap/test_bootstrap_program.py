@@ -315,6 +315,15 @@ def test_every_key_is_declared_with_a_default_and_unknown_keys_are_named():
         validate_bootstrap_config({"githubRepository": REPOSITORY, "githubRepo": "a/b"})
 
 
+def test_the_program_refuses_a_mistyped_key_before_creating_anything():
+    """A typo in the stack config (``branches`` for ``branch``) must not fall back to the
+    default silently: the program sees every key of its namespace, not only declared ones."""
+    error, deployment = deploy_error({"githubRepository": REPOSITORY, "branches": "release"})
+    assert "branches: unknown key for project" in str(error)
+    assert "did you mean branch?" in str(error)
+    assert deployment.registrations == []
+
+
 def test_the_cli_entry_point_declares_the_same_stack(default):
     """`pulumi up` in infra/bootstrap runs its __main__.py as a script, not the package."""
     entry = deploy_entry_point({"githubRepository": REPOSITORY})
