@@ -7,15 +7,12 @@ here the same way: Azure's naming rule checked, ARM's resource ID returned.
 
 from __future__ import annotations
 
-import json
 import re
-import runpy
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import pulumi
-from infra_harness import SUBSCRIPTION, AzureMocks, Deployment, RecordingMonitor
+from infra_harness import SUBSCRIPTION, AzureMocks, Deployment, entry_point_of, run_program
 
 from infra.bootstrap import program
 from infra.bootstrap.config import load_bootstrap_project
@@ -74,7 +71,7 @@ class BootstrapMocks(AzureMocks):
 def deploy(config: Mapping[str, Any], *, stack: str = "ci") -> Deployment:
     """Run the bootstrap program once with this stack config (key -> value, no namespace)."""
     deployment = Deployment([])
-    _run(config, stack, deployment)
+    _run(config, stack, deployment, program.main)
     return deployment
 
 
@@ -82,7 +79,7 @@ def deploy_error(config: Mapping[str, Any], *, stack: str = "ci") -> tuple[Excep
     """Run the program with a config it must refuse: the error, and what got registered."""
     deployment = Deployment([])
     try:
-        _run(config, stack, deployment)
+        _run(config, stack, deployment, program.main)
     except Exception as exc:
         return exc, deployment
     raise AssertionError(f"the program accepted {dict(config)}")
@@ -91,35 +88,14 @@ def deploy_error(config: Mapping[str, Any], *, stack: str = "ci") -> tuple[Excep
 def deploy_entry_point(config: Mapping[str, Any], *, stack: str = "ci") -> Deployment:
     """Run infra/bootstrap the way the Pulumi CLI does: its ``__main__.py``, as a script."""
     deployment = Deployment([])
-    _run(config, stack, deployment, _entry_point)
+    _run(config, stack, deployment, entry_point_of(program))
     return deployment
-
-
-def _entry_point() -> Mapping[str, Any]:
-    runpy.run_path(str(Path(program.__file__).resolve().parent), run_name="__main__")
-    return {}
 
 
 def _run(
     config: Mapping[str, Any],
     stack: str,
     deployment: Deployment,
-    entry: Callable[[], Mapping[str, Any]] = program.main,
+    entry: Callable[[], Mapping[str, Any]],
 ) -> None:
-    mocks = BootstrapMocks(stack)
-    monitor = RecordingMonitor(mocks)
-    deployment.registrations = monitor.registrations
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
-    pulumi.runtime.set_all_config(
-        {
-            f"{PROJECT}:{key}": value if isinstance(value, str) else json.dumps(value)
-            for key, value in config.items()
-        }
-    )
-
-    @pulumi.runtime.test
-    def run() -> pulumi.Output[Any]:
-        outputs = entry()
-        return pulumi.Output.all(**outputs).apply(deployment.outputs.update)
-
-    run()
+    run_program(config, stack, deployment, entry, mocks=BootstrapMocks(stack), project=PROJECT)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pulumi
@@ -322,7 +323,7 @@ class Deployment:
 def deploy(config: Mapping[str, Any] | None = None, *, stack: str = "dev") -> Deployment:
     """Run ``infra.program.main`` once with this stack config (key -> value, no namespace)."""
     deployment = Deployment([])
-    _run(config or {}, stack, deployment)
+    run_program(config or {}, stack, deployment)
     return deployment
 
 
@@ -332,8 +333,9 @@ def deploy_error(
     """Run the program (``entry_point``: as the CLI runs ``infra/``) with a config it must
     refuse: the error, and what got registered."""
     deployment = Deployment([])
+    entry = entry_point_of(program) if entry_point else program.main
     try:
-        _run(config, stack, deployment, _entry_point if entry_point else program.main)
+        run_program(config, stack, deployment, entry)
     except Exception as exc:
         return exc, deployment
     raise AssertionError(f"the program accepted {dict(config)}")
@@ -342,29 +344,39 @@ def deploy_error(
 def deploy_entry_point(config: Mapping[str, Any], *, stack: str = "dev") -> Deployment:
     """Run ``infra/`` the way the Pulumi CLI does (``runpy`` on the ``main:`` folder)."""
     deployment = Deployment([])
-    _run(config, stack, deployment, _entry_point)
+    run_program(config, stack, deployment, entry_point_of(program))
     return deployment
 
 
-def _entry_point() -> Mapping[str, Any]:
-    folder = str(Path(program.__file__).resolve().parent)
-    runpy.run_path(folder, run_name="__main__")
-    return {}
+def entry_point_of(module: ModuleType) -> Callable[[], Mapping[str, Any]]:
+    """Run ``module``'s folder the way the Pulumi CLI runs a program: its ``__main__.py``, as a
+    script (``runpy`` on the ``main:`` folder), not the package."""
+
+    def run() -> Mapping[str, Any]:
+        runpy.run_path(str(Path(module.__file__).resolve().parent), run_name="__main__")
+        return {}
+
+    return run
 
 
-def _run(
+def run_program(
     config: Mapping[str, Any],
     stack: str,
     deployment: Deployment,
     entry: Callable[[], Mapping[str, Any]] = program.main,
+    *,
+    mocks: AzureMocks | None = None,
+    project: str = PROJECT,
 ) -> None:
-    mocks = AzureMocks(stack)
+    """Run a Pulumi program's ``entry`` under ``mocks`` (default: ``AzureMocks(stack)``) with
+    this config in ``project``'s namespace, recording every registration in ``deployment``."""
+    mocks = mocks or AzureMocks(stack)
     monitor = RecordingMonitor(mocks)
     deployment.registrations = monitor.registrations
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(
         {
-            f"{PROJECT}:{key}": value if isinstance(value, str) else json.dumps(value)
+            f"{project}:{key}": value if isinstance(value, str) else json.dumps(value)
             for key, value in config.items()
         }
     )
