@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,18 @@ def mnist_dir() -> Path:
     # Subprocesses (training, the local runner, the scoring server) read it from here.
     os.environ["MNIST_DATA_DIR"] = str(folder)
     return folder
+
+
+def run_main(*args: str) -> int:
+    """``python -m training.train ARGS`` in this process, its signal handlers put back after."""
+    from training.train import main
+
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return main(list(args))
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
+from tests.local_jobs import files_of
 from training.data import Mnist
 from training.distribute import Runtime
 from training.environments.horovod import build_env
@@ -213,10 +214,6 @@ def test_two_ranks_train_the_net_to_97_percent(horovod_run, mnist_dir):
     assert checkpoints == [f"ckpt-{EPOCHS - 1}.index", f"ckpt-{EPOCHS}.index"]
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
 def rewind_to_epoch(out: Path, epoch: int) -> None:
     """Leave ``out`` as a kill right after epoch ``epoch``'s checkpoint would: later
     checkpoints, the model and metrics gone, the run not finished."""
@@ -243,11 +240,11 @@ def test_rerun_of_a_finished_folder_changes_nothing_then_a_kill_resumes_every_ra
     the all-reduce would hang), tf.keras 2 restores every variable, and the chief's history
     continues."""
     out, _ = horovod_run
-    before = snapshot(out)
+    before = files_of(out)
     result = horovodrun(horovod_python, out, "--epochs", str(EPOCHS))
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert any("nothing to do" in line for line in rank_lines(result.stdout, 0))
-    assert snapshot(out) == before
+    assert files_of(out) == before
 
     rewind_to_epoch(out, EPOCHS - 1)
     result = horovodrun(horovod_python, out, "--epochs", str(EPOCHS))
@@ -283,7 +280,7 @@ def test_horovod_after_a_default_run_is_refused_and_the_model_is_untouched(
         timeout=600,
     )
     assert default.returncode == 0, default.stderr[-3000:]
-    before = snapshot(out)
+    before = files_of(out)
 
     result = horovodrun(horovod_python, out, *flags)
     output = result.stdout + result.stderr
@@ -297,7 +294,7 @@ def test_horovod_after_a_default_run_is_refused_and_the_model_is_untouched(
     differences = ("distribution single -> horovod", "keras_major 3 -> 2", "workers 1 -> 2")
     assert all(difference in refusal[0] for difference in differences), refusal[0]
     assert "--output-dir" in refusal[0] and "--restart" in refusal[0]
-    assert snapshot(out) == before
+    assert files_of(out) == before
 
 
 @pytest.mark.slow

@@ -7,41 +7,20 @@ short schedule: the assertions are about what is refused, restored and written, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import run_main
+from tests.local_jobs import files_of
 from training.data import Mnist
 
 pytestmark = pytest.mark.slow
 
 FAST = ["--epochs", "2", "--batch-size", "1024", "--no-tracking"]
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` with the SHA-256 of its bytes."""
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
-def run_main(*args: str) -> int:
-    """``python -m training.train ARGS`` in this process, its signal handlers put back after."""
-    from training.train import main
-
-    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return main(list(args))
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +54,7 @@ def copy_of_finished(finished, tmp_path) -> Path:
 def test_a_rerun_with_other_flags_is_refused_before_training_and_changes_nothing(
     finished, change, difference, capsys
 ):
-    before = snapshot(finished)
+    before = files_of(finished)
     args = [*FAST, "--output-dir", str(finished)]
     flag = change[0]
     args = [*args[: args.index(flag)], *args[args.index(flag) + 2 :]] if flag in args else args
@@ -87,17 +66,17 @@ def test_a_rerun_with_other_flags_is_refused_before_training_and_changes_nothing
     assert message.startswith("error: ") and "\n" not in message, message  # one paragraph
     assert difference in message
     assert "--output-dir" in message and "--restart" in message
-    assert snapshot(finished) == before
+    assert files_of(finished) == before
 
 
 def test_rerunning_a_finished_folder_with_its_flags_changes_nothing(finished, capsys):
-    before = snapshot(finished)
+    before = files_of(finished)
     capsys.readouterr()
     assert run_main(*FAST, "--output-dir", str(finished)) == 0
     captured = capsys.readouterr()
     assert "finished after 2 epochs: nothing to do" in captured.out
     assert "epoch 1/2" not in captured.out and "test_accuracy" not in captured.out
-    assert snapshot(finished) == before
+    assert files_of(finished) == before
     metrics = json.loads((finished / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["resumed_from_epoch"] == 0
     assert metrics["epochs_this_run"] == 2
@@ -105,7 +84,7 @@ def test_rerunning_a_finished_folder_with_its_flags_changes_nothing(finished, ca
 
 def test_restart_discards_the_old_checkpoints_and_trains_the_new_flags(copy_of_finished, capsys):
     out = copy_of_finished
-    old_model = snapshot(out / "model")
+    old_model = files_of(out / "model")
     capsys.readouterr()
     args = ["--epochs", "1", "--batch-size", "1024", "--no-tracking", "--dropout", "0.5"]
     assert run_main(*args, "--output-dir", str(out), "--restart") == 0
@@ -122,18 +101,18 @@ def test_restart_discards_the_old_checkpoints_and_trains_the_new_flags(copy_of_f
         0,
         1,
     )
-    assert snapshot(out / "model") != old_model  # replaced by the finished new run
+    assert files_of(out / "model") != old_model  # replaced by the finished new run
 
 
 def test_checkpoints_without_a_record_are_not_resumed(copy_of_finished, capsys):
     out = copy_of_finished
     (out / "checkpoints" / "run.json").unlink()  # as an older version of the script left them
-    before = snapshot(out)
+    before = files_of(out)
     capsys.readouterr()
     assert run_main(*FAST, "--output-dir", str(out)) == 2
     message = capsys.readouterr().err
     assert "without a record" in message and "--restart" in message
-    assert snapshot(out) == before
+    assert files_of(out) == before
 
 
 def test_lost_outputs_of_a_finished_run_are_written_again_without_training(

@@ -21,22 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_main
 from training.data import Mnist
 
 TF_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-
-
-def run_main(*args: str) -> int:
-    """``python -m training.train ARGS`` in this process, its signal handlers put back after."""
-    from training.train import main
-
-    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return main(list(args))
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
 
 
 def checkpointed_epoch(checkpoints: Path) -> int:
