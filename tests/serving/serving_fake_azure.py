@@ -17,6 +17,8 @@ forwards scoring requests to a ``scorer`` callback, which the tests point at the
 from __future__ import annotations
 
 import base64
+import functools
+import json
 import re
 import urllib.parse
 from collections.abc import Callable
@@ -27,7 +29,14 @@ import requests
 from azure.core.pipeline.transport import RequestsTransport
 from requests.adapters import HTTPAdapter
 
-from tests.azure_fakes import TOKEN, Call, error_response, json_response, requests_transport
+from tests.azure_fakes import (
+    TOKEN,
+    Call,
+    StaticCredential,
+    error_response,
+    json_response,
+    requests_transport,
+)
 
 SUBSCRIPTION = "5d3c1b2a-0f9e-4d8c-b7a6-112233445566"
 RESOURCE_GROUP = "rg-mnist-dev"
@@ -51,6 +60,23 @@ _DIAGNOSTIC = re.compile(
 )
 
 Scorer = Callable[[str | None, bytes], tuple[int, bytes]]
+
+
+@functools.cache
+def sample_digits() -> Any:
+    """The digits the rollout's smoke test sends (serving/sample-digits.json)."""
+    from serving import rollout
+
+    return rollout.load_sample_digits()
+
+
+def right_answers(deployment: str | None, body: bytes) -> tuple[int, bytes]:
+    """A deployment that classifies the sample digits correctly (in score.py's format)."""
+    digits = sample_digits()
+    request = json.loads(body)
+    assert request["data"] == digits.data
+    probabilities = [[0.91 if d == label else 0.01 for d in range(10)] for label in digits.labels]
+    return 200, json.dumps({"predictions": digits.labels, "probabilities": probabilities}).encode()
 
 
 @dataclass
@@ -85,6 +111,20 @@ class FakeAzureML:
 
     def transport(self) -> RequestsTransport:
         return requests_transport(self.adapter())
+
+    def ml_client(self) -> Any:
+        """An MLClient on the fake workspace, every request through this fake's transport."""
+        from azure.ai.ml import MLClient
+
+        return MLClient(
+            StaticCredential(),
+            SUBSCRIPTION,
+            RESOURCE_GROUP,
+            WORKSPACE,
+            transport=self.transport(),
+            enable_telemetry=False,
+            show_progress=False,
+        )
 
     def install(self, monkeypatch: Any) -> None:
         """Route every ``requests`` call in this process here (the blob uploader's own too)."""

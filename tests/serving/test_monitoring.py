@@ -5,16 +5,18 @@ SDK down to its HTTP transport (``serving_fake_azure.FakeAzureML``)."""
 from __future__ import annotations
 
 import collections
-import json
 
 import numpy as np
 import pytest
 import yaml
-from serving_fake_azure import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, WS_PATH, FakeAzureML
+from serving_fake_azure import (
+    WS_PATH,
+    FakeAzureML,
+    right_answers,
+)
 
 from serving import rollout
 from serving.monitoring import schedule
-from tests.azure_fakes import StaticCredential
 
 # Digit counts of the 60,000 MNIST training labels (train-labels-idx1-ubyte).
 TRAINING_COUNTS = {0: 5923, 1: 6742, 2: 5958, 3: 6131, 4: 5842, 5: 5421, 6: 5918, 7: 6265,
@@ -77,30 +79,14 @@ def test_labels_that_are_not_digits_are_refused(tmp_path, labels):
 
 @pytest.fixture
 def fake(monkeypatch) -> FakeAzureML:
-    fake = FakeAzureML(scorer=_right_answers)
+    fake = FakeAzureML(scorer=right_answers)
     fake.install(monkeypatch)
     return fake
 
 
-def _right_answers(deployment, body):
-    digits = rollout.load_sample_digits()
-    probabilities = [[0.91 if d == label else 0.01 for d in range(10)] for label in digits.labels]
-    return 200, json.dumps({"predictions": digits.labels, "probabilities": probabilities}).encode()
-
-
 @pytest.fixture
 def ml_client(fake):
-    from azure.ai.ml import MLClient
-
-    return MLClient(
-        StaticCredential(),
-        SUBSCRIPTION,
-        RESOURCE_GROUP,
-        WORKSPACE,
-        transport=fake.transport(),
-        enable_telemetry=False,
-        show_progress=False,
-    )
+    return fake.ml_client()
 
 
 def test_apply_registers_the_reference_and_monitors_the_serving_colour(fake, ml_client):

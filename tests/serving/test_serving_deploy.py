@@ -20,6 +20,7 @@ from serving_fake_azure import (
     WORKSPACE,
     WS_PATH,
     FakeAzureML,
+    right_answers,
 )
 
 from serving import rollout
@@ -27,14 +28,6 @@ from tests.azure_fakes import TOKEN, StaticCredential
 from tests.mlflow_nocode import score_nocode
 
 DIGITS = rollout.load_sample_digits()
-
-
-def right_answers(deployment: str | None, body: bytes) -> tuple[int, bytes]:
-    """A deployment that classifies the sample digits correctly (in score.py's format)."""
-    request = json.loads(body)
-    assert request["data"] == DIGITS.data
-    probabilities = [[0.91 if d == label else 0.01 for d in range(10)] for label in DIGITS.labels]
-    return 200, json.dumps({"predictions": DIGITS.labels, "probabilities": probabilities}).encode()
 
 
 def wrong_answers(deployment: str | None, body: bytes) -> tuple[int, bytes]:
@@ -53,17 +46,7 @@ def fake(monkeypatch) -> FakeAzureML:
 
 @pytest.fixture
 def ml_client(fake):
-    from azure.ai.ml import MLClient
-
-    return MLClient(
-        StaticCredential(),
-        SUBSCRIPTION,
-        RESOURCE_GROUP,
-        WORKSPACE,
-        transport=fake.transport(),
-        enable_telemetry=False,
-        show_progress=False,
-    )
+    return fake.ml_client()
 
 
 def deploy(ml_client, messages: list[str] | None = None, **kwargs) -> rollout.RolloutReport:
