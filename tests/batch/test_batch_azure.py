@@ -5,9 +5,6 @@ requests and bodies the commands send, and what a user reads."""
 from __future__ import annotations
 
 import json
-import os
-import stat
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +13,7 @@ import pytest
 from infra.outputs import OUTPUT_KEYS
 from scripts import UserError
 from scripts.__main__ import build_parser
-from tests.azure_fakes import EntraIdCredential
+from tests.azure_fakes import EntraIdCredential, fake_pulumi
 from tests.batch.batch_fake_azure import FakeBatchWorkspace
 
 ENDPOINT = "/batchEndpoints/mnist-digits-batch"
@@ -62,13 +59,7 @@ def pulumi_outputs(
         alertEmails=[],
         **outputs,
     )
-    script = tmp_path / "bin" / "pulumi"
-    script.parent.mkdir()
-    script.write_text(f"#!{sys.executable}\nimport json\nprint(json.dumps({values!r}))\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
-    for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME"):
-        monkeypatch.delenv(name, raising=False)
+    fake_pulumi(tmp_path, monkeypatch, values)
 
 
 def deployed(fake: FakeBatchWorkspace) -> None:

@@ -6,10 +6,7 @@ sentence a user reads when Azure says no."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ from infra.outputs import OUTPUT_KEYS
 from scripts import UserError
 from scripts.__main__ import build_parser
 from scripts.jobspec import JOBS_DIR
-from tests.azure_fakes import EntraIdCredential
+from tests.azure_fakes import EntraIdCredential, fake_pulumi
 from training.data import MIRRORS
 
 MIRROR = MIRRORS[0]
@@ -211,18 +208,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeWorkspace) 
         endpointMaxInstances=3,
         alertEmails=[],
     )
-    script = tmp_path / "bin" / "pulumi"
-    script.parent.mkdir()
-    script.write_text(
-        f"#!{sys.executable}\nimport json, sys\n"
-        f"assert sys.argv[1:4] == ['stack', 'output', '--json'], sys.argv\n"
-        f"print(json.dumps({outputs!r}))\n"
-    )
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
-    for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME"):
-        monkeypatch.delenv(name, raising=False)
-    return outputs
+    return fake_pulumi(tmp_path, monkeypatch, outputs)
 
 
 def test_submit_finds_workspace_and_cluster_in_the_stack_outputs(
