@@ -19,9 +19,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scripts import UserError
+
+if TYPE_CHECKING:
+    from infra.outputs import StackOutputs
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class Target:
     compute: str | None
     max_nodes: int | None  # nodes the compute can scale to, when known
     source: str  # how it was found, for messages
+    # the stack outputs it was read from (None when the flags named the workspace): commands
+    # that need more of them (Log Analytics, the CPU cluster) read them here, not again
+    outputs: StackOutputs | None = None
 
 
 _WORKSPACE_FLAGS = {  # flag: (environment variable that is its default, help)
@@ -102,6 +108,7 @@ def resolve_target(args: argparse.Namespace) -> Target:
         (compute or outputs.gpu_cluster) if wants_compute else None,
         outputs.gpu_max_nodes if on_gpu else None,
         stack,
+        outputs,
     )
 
 

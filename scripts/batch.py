@@ -224,11 +224,9 @@ def cpu_cluster(args: argparse.Namespace, target: azureml.Target) -> str:
     """--compute, else the stack's CPU cluster (from its outputs), else the spec's."""
     if args.batch_compute:
         return args.batch_compute
-    if target.source == "the flags":
+    outputs = target.outputs
+    if outputs is None:  # a workspace named by the flags
         return _spec_compute()
-    from scripts.infra import read_stack_outputs
-
-    outputs = read_stack_outputs(args.stack)
     if not outputs.cpu_cluster:
         raise UserError(
             f"{target.source} has no CPU cluster (Pulumi config cpuCluster is false): set "

@@ -221,15 +221,6 @@ def _add_data_folder(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _stack_outputs(args: argparse.Namespace) -> Any:
-    """The Pulumi stack's outputs, or None when the flags name a workspace made another way."""
-    if args.subscription and args.resource_group and args.workspace:
-        return None
-    from scripts.infra import read_stack_outputs
-
-    return read_stack_outputs(args.stack)
-
-
 def _monitor_client(ml_client: Any, subscription_id: str) -> Any:
     """An Azure Monitor client signed in as the MLClient is."""
     from azure.mgmt.monitor import MonitorManagementClient
@@ -307,7 +298,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             "the no-code deployment (--no-code) has none."
         )
     target, ml_client = azureml.connect(args)
-    outputs = _stack_outputs(args)
+    outputs = target.outputs  # None for a workspace named by the flags
     operations = _operations(ml_client, outputs)
     try:
         with azureml.azure_errors(target):
@@ -349,8 +340,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     target, ml_client = azureml.connect(args)
     emails = args.email
     if emails is None:
-        outputs = _stack_outputs(args)
-        emails = outputs.alert_emails if outputs is not None else ()
+        emails = target.outputs.alert_emails if target.outputs is not None else ()
     _apply_monitor(ml_client, str(endpoint), args.data_folder, emails, target)
     return 0
 

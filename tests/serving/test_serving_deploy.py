@@ -322,6 +322,9 @@ STACK_OUTPUTS = {
 }
 
 
+stack_reads: list[str | None] = []  # the stacks the cli fixture's commands read
+
+
 @pytest.fixture
 def cli(monkeypatch, fake, ml_client):
     """``python -m scripts`` with the serving commands, using the offline workspace and a
@@ -334,12 +337,17 @@ def cli(monkeypatch, fake, ml_client):
     import scripts.serving
     from infra.outputs import parse_stack_outputs
 
-    target = scripts.azureml.Target(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE, None, None, "test")
+    def read_stack_outputs(stack):
+        stack_reads.append(stack)  # each read runs the Pulumi CLI: seconds, so once a command
+        return parse_stack_outputs(STACK_OUTPUTS)
+
+    stack_reads.clear()
     monkeypatch.setattr(entry, "COMMAND_MODULES", ("scripts.serving",))
-    monkeypatch.setattr(scripts.azureml, "connect", lambda args: (target, ml_client))
+    # the real choice between the flags and the stack, then the offline workspace's client
     monkeypatch.setattr(
-        scripts.infra, "read_stack_outputs", lambda stack: parse_stack_outputs(STACK_OUTPUTS)
+        scripts.azureml, "connect", lambda args: (scripts.azureml.resolve_target(args), ml_client)
     )
+    monkeypatch.setattr(scripts.infra, "read_stack_outputs", read_stack_outputs)
 
     def monitor_client(client, subscription_id):
         assert client is ml_client and subscription_id == SUBSCRIPTION
@@ -368,6 +376,7 @@ def test_deploy_command_rolls_out(fake, cli, capsys):
     out = capsys.readouterr().out
     assert "mnist-digits: all traffic on green; blue kept at 0%." in out
     assert fake.traffic_updates("mnist-digits") == [{"green": 50, "blue": 50}, {"green": 100}]
+    assert stack_reads == [None]  # the selected stack, read once for workspace and monitoring
 
 
 def test_deploy_command_applies_the_stack_s_instance_range_and_log_analytics(fake, cli, capsys):

@@ -77,15 +77,14 @@ def test_train_reads_the_registered_model(workspace: FakeWorkspace, tmp_path: Pa
 
 def test_deploy_reads_the_endpoint_from_the_rollout_report(monkeypatch, capsys):
     from scripts import azureml
-    from scripts import serving as serving_commands
     from serving import rollout
 
     report = rollout.RolloutReport(
         "mnist-digits", "green", "blue", {"green": 100}, [{"green": 10, "blue": 90}]
     )
-    monkeypatch.setattr(azureml, "connect", lambda args: (None, object()))
-    # No deployed stack here: no Log Analytics or instance range to apply (deploy says so).
-    monkeypatch.setattr(serving_commands, "_stack_outputs", lambda args: None)
+    # A workspace without stack outputs: no Log Analytics or instance range to apply.
+    target = azureml.Target("sub", "rg", "ws", None, None, "the flags")
+    monkeypatch.setattr(azureml, "connect", lambda args: (target, object()))
     monkeypatch.setattr(rollout, "rollout", lambda client, **kwargs: report)
     args = build_parser().parse_args(["deploy", "--model", "azureml:tf-mnist:3", "--stack", "dev"])
     assert args.func(args) == 0
