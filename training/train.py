@@ -416,11 +416,15 @@ class OutputError(Exception):
     """The output folder cannot be written (a file in the way, read-only, disk full)."""
 
 
-def describe_os_error(exc: OSError, what: str, path: Path | str) -> str:
-    """One sentence: what could not be written where, and why, in the system's words."""
-    reason = exc.strerror or str(exc)
-    if exc.errno == errno.ENOSPC:
-        reason = "no space left on the device"
+def describe_write_error(exc: BaseException, what: str, path: Path | str) -> str:
+    """One sentence: what could not be written where, and why (the system's words for an
+    OSError, the first line of TensorFlow's for its own write errors)."""
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.ENOSPC:
+            reason = "no space left on the device"
+    else:
+        reason = _first_line(exc)
     return f"cannot write {what} {path}: {reason}"
 
 
@@ -494,7 +498,7 @@ class Checkpoints:
         except _tf_write_error() as exc:
             self._remove_partial(epoch)
             raise OutputError(
-                f"{_describe_write_error(exc, 'the checkpoint in', self.directory)}. "
+                f"{describe_write_error(exc, 'the checkpoint in', self.directory)}. "
                 f"{self._kept(epoch - 1)}"
             ) from None
 
@@ -521,12 +525,6 @@ class Checkpoints:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def _describe_write_error(exc: BaseException, what: str, path: Path) -> str:
-    if isinstance(exc, OSError):
-        return describe_os_error(exc, what, path)
-    return f"cannot write {what} {path}: {_first_line(exc)}"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -717,7 +715,7 @@ def _start_fresh(checkpoint_dir: Path, record: dict[str, Any]) -> None:
         )
     except OSError as exc:
         raise OutputError(
-            f"{describe_os_error(exc, 'the checkpoints folder', checkpoint_dir)}. Fix the "
+            f"{describe_write_error(exc, 'the checkpoints folder', checkpoint_dir)}. Fix the "
             "folder or choose another --output-dir."
         ) from None
 
@@ -840,7 +838,7 @@ def _write_outputs(
         return write_reports(output_dir, history, metrics, trainer.y_test, predictions)
     except _tf_write_error() as exc:
         raise OutputError(
-            f"{_describe_write_error(exc, 'the outputs in', output_dir)}. The checkpoint after "
+            f"{describe_write_error(exc, 'the outputs in', output_dir)}. The checkpoint after "
             f"the last epoch is intact: free space or fix the folder, then rerun the same "
             "command to write the outputs from it (no epoch is trained again)."
         ) from None
@@ -862,7 +860,7 @@ def prepare_output_dir(path: Path) -> None:
     except OSError as exc:
         raise OutputError(
             f"--output-dir {path} cannot be used: "
-            f"{describe_os_error(exc, 'into', exc.filename or path)}. Choose a folder you can "
+            f"{describe_write_error(exc, 'into', exc.filename or path)}. Choose a folder you can "
             "write to (on Azure ML, the job's outputs folder)."
         ) from None
 
