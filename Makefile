@@ -47,14 +47,14 @@ test-infra: $(STAMP) ## Run the infrastructure tests (Pulumi program under mocks
 preflight: $(STAMP) ## Check VM sizes and Azure ML quota in the region before `pulumi up` (STACK=dev)
 	$(PY) -m scripts preflight --stack $(or $(STACK),dev)
 
-serve: $(STAMP) ## Serve ./outputs/model with serving/score.py under azmlinfsrv on :5001, as the endpoint would
+serve: $(STAMP) ## Serve ./outputs/model with serving/code/score.py under azmlinfsrv on :5001, as the endpoint would
 	$(PY) -m scripts serve
 
 test-serving: $(STAMP) ## Run the serving tests (real model, real azmlinfsrv, deploy through the SDK)
 	$(PY) -m pytest tests/serving
 
 test-jobs: $(STAMP) ## Run the job tests (specs, one-epoch local runs of them, Azure commands offline)
-	$(PY) -m pytest tests/jobs
+	$(PY) -m pytest tests/scripts
 
 horovod-env: ## Build (or reuse) the pinned Horovod virtualenv: TF 2.13 + horovod 0.28.1, Gloo
 	$(PYTHON) training/environments/horovod/build_env.py

@@ -1,4 +1,4 @@
-"""Scoring speed under the real azmlinfsrv: serving/score.py against two baselines.
+"""Scoring speed under the real azmlinfsrv: serving/code/score.py against two baselines.
 
 Servers with one worker each (``WORKER_COUNT=1``, otherwise deployment.yml's settings) on
 loopback ports, timed by one client in a bounded loop (``http.client``, a persistent client:
@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import specs
-from serving.local_server import SCORE_SCRIPT, LocalServer
-from serving.predictor import find_model_dir
+from scripts.endpoints import specs
+from scripts.endpoints.local_server import SCORE_SCRIPT, LocalServer
+from serving.code.predictor import find_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINES = Path(__file__).resolve().parent / "serving_baselines"

@@ -1,7 +1,7 @@
 """``batch-deploy`` and ``batch-score``: score folders of digit images, locally or on Azure ML.
 
-- ``batch-score --local DIR --output FILE.csv``: run serving/batch/batch_score.py over every
-  file in DIR as Azure ML's batch driver would (serving/batch/local_driver.py), with the
+- ``batch-score --local DIR --output FILE.csv``: run serving/batch/code/batch_score.py over every
+  file in DIR as Azure ML's batch driver would (scripts/endpoints/batch_local.py), with the
   settings of serving/batch/deployment.yml; flags override mini-batch size, error threshold
   and retries.
 - ``batch-deploy``: create or update the batch endpoint (serving/batch/endpoint.yml) and its
@@ -133,7 +133,7 @@ def cmd_batch_score(args: argparse.Namespace, *, credential: Any = None, **kwarg
 
 
 def score_locally(args: argparse.Namespace) -> int:
-    from serving.batch import local_driver as driver
+    from scripts.endpoints import batch_local as driver
 
     if args.output is None:
         raise UserError("--local needs --output FILE.csv: where to write the predictions")
@@ -205,7 +205,7 @@ def load_specs(*, endpoint: str | None = None, model: str | None = None) -> Batc
     from azure.ai.ml.exceptions import ValidationException
     from marshmallow.exceptions import ValidationError
 
-    from serving.batch.local_driver import load_deployment
+    from scripts.endpoints.batch_local import load_deployment
 
     try:
         endpoint_spec = load_batch_endpoint(ENDPOINT_SPEC)
@@ -236,7 +236,7 @@ def cpu_cluster(args: argparse.Namespace, target: azureml.Target) -> str:
 
 
 def _spec_compute() -> str:
-    from serving.batch.local_driver import load_deployment
+    from scripts.endpoints.batch_local import load_deployment
 
     return str(load_deployment(DEPLOYMENT_SPEC).compute).removeprefix("azureml:")
 

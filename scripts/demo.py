@@ -6,7 +6,7 @@
    version (what SDK v1's ``model_framework`` recorded); on Azure ML, ``python -m scripts
    register`` does the same in the workspace.
 3. Serve it with the scoring server that managed online endpoints run (``azmlinfsrv`` with
-   ``serving/score.py`` and the deployment spec's environment variables) on a loopback port.
+   ``serving/code/score.py`` and the deployment spec's environment variables) on a loopback port.
 4. Score real MNIST test images through HTTP and print the accuracy and latency.
 """
 
@@ -179,9 +179,9 @@ def register_locally(model_dir: Path, metrics: dict) -> tuple[str, str]:
 def serve_and_score(
     model_dir: Path, test: tuple[np.ndarray, np.ndarray], test_accuracy: float
 ) -> None:
-    from serving import specs
-    from serving.client import post_local
-    from serving.local_server import LocalServer, ServerError
+    from scripts.endpoints import specs
+    from scripts.endpoints.client import post_local
+    from scripts.endpoints.local_server import LocalServer, ServerError
 
     pixels, labels = test
     settings = specs.server_settings()
@@ -195,7 +195,7 @@ def serve_and_score(
             raise UserError(str(exc)) from None
         try:
             print(
-                f"Serving: azmlinfsrv + serving/score.py on {server.url} "
+                f"Serving: azmlinfsrv + serving/code/score.py on {server.url} "
                 f"(ready in {server.startup_seconds:.1f} s; "
                 + ", ".join(f"{k}={v}" for k, v in settings.items())
                 + ")"

@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
 
 def preflight(args: argparse.Namespace, *, credential: Any = None, **client_kwargs: Any) -> int:
     """Run the checks and print one line each; ``credential``/``client_kwargs`` are for tests."""
-    from infra.preflight import PreflightError, format_report, make_client, run_preflight
+    from scripts.preflight import PreflightError, format_report, make_client, run_preflight
 
     project = load_project()
     try:

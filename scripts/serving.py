@@ -1,10 +1,11 @@
 """``serve``, ``deploy`` and ``invoke``: the scoring code locally, on Azure ML, and calling it.
 
-- ``serve``: run serving/score.py under the real ``azmlinfsrv`` on this machine with the
+- ``serve``: run serving/code/score.py under the real ``azmlinfsrv`` on this machine with the
   environment variables of serving/deployment.yml (the same ones the endpoint gets).
 - ``deploy``: safe blue/green rollout of a registered model to the managed online endpoint
-  (serving/rollout.py): new colour at 0%, smoke test through the deployment header, traffic in
-  steps, automatic rollback. ``--no-code`` deploys the MLflow model without a scoring script.
+  (scripts/endpoints/rollout.py): new colour at 0%, smoke test through the deployment header,
+  traffic in steps, automatic rollback. ``--no-code`` deploys the MLflow model without a scoring
+  script.
   With the Pulumi stack's outputs it also sends the new deployment's metrics and the endpoint's
   logs to the stack's Log Analytics workspace and moves the endpoint's autoscale setting
   (endpointMinInstances to endpointMaxInstances) to it; ``--monitor`` re-points the drift monitor.
@@ -33,8 +34,8 @@ DEFAULT_MODEL_DIR = "outputs"
 def register(subparsers: Any) -> None:
     serve = subparsers.add_parser(
         "serve",
-        help="run serving/score.py locally under azmlinfsrv, configured as the endpoint",
-        description="Run serving/score.py under azmlinfsrv with the environment variables of "
+        help="run serving/code/score.py locally under azmlinfsrv, configured as the endpoint",
+        description="Run serving/code/score.py under azmlinfsrv with the environment variables of "
         "serving/deployment.yml. Ctrl-C stops it.",
     )
     serve.add_argument(
@@ -152,14 +153,14 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from serving import specs
-    from serving.local_server import (
+    from scripts.endpoints import specs
+    from scripts.endpoints.local_server import (
         SCORE_SCRIPT,
         client_host,
         server_command,
         server_environment,
     )
-    from serving.predictor import ModelLoadError, find_model_dir
+    from serving.code.predictor import ModelLoadError, find_model_dir
 
     try:
         model_dir = find_model_dir(args.model_dir)
@@ -230,7 +231,7 @@ def _monitor_client(ml_client: Any, subscription_id: str) -> Any:
 
 def _operations(ml_client: Any, outputs: Any) -> Any:
     """What the stack gives each deployment: Log Analytics and the autoscale range."""
-    from serving.monitoring import azure_monitor
+    from scripts.endpoints import azure_monitor
 
     if outputs is None:
         print(
@@ -262,7 +263,7 @@ def _training_labels(data_folder: str | None) -> Any:
 def _apply_monitor(
     ml_client: Any, endpoint: str, data_folder: str | None, emails: Any, target: Any
 ) -> None:
-    from serving.monitoring import schedule
+    from scripts.endpoints import drift_schedule as schedule
 
     try:
         with azureml.azure_errors(target):
@@ -277,7 +278,7 @@ def _apply_monitor(
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from serving import rollout, specs
+    from scripts.endpoints import rollout, specs
 
     spec = specs.MLFLOW_DEPLOYMENT_SPEC if args.no_code else specs.DEPLOYMENT_SPEC
     if args.dry_run:
@@ -331,7 +332,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from serving import rollout, specs
+    from scripts.endpoints import rollout, specs
 
     try:
         endpoint = args.endpoint or rollout.deployment_for(specs.DEPLOYMENT_SPEC).endpoint_name
@@ -349,8 +350,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_invoke(args: argparse.Namespace) -> int:
-    from serving import client, specs
-    from serving.predictor import DEFAULT_MAX_BATCH
+    from scripts.endpoints import client, specs
+    from serving.code.predictor import DEFAULT_MAX_BATCH
 
     try:
         images = client.read_images(Path(args.file))

@@ -89,6 +89,7 @@ def run_python(tmp_path):
     return run
 
 
-# The trained model and the scoring server, shared by tests/serving and tests/adversarial;
-# the job specs run once (local_job), shared by tests/jobs and tests/test_model_export.py.
+# The trained model and the scoring server, shared by tests/serving and tests/scripts;
+# the job specs run once (local_job), shared by tests/scripts and
+# tests/training/test_model_export.py.
 pytest_plugins = ["tests.serving.server_fixtures", "tests.local_jobs"]

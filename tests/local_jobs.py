@@ -1,9 +1,9 @@
 """The job specs run locally once per session: ``local_job(spec)`` (a pytest plugin, loaded by
 tests/conftest.py).
 
-tests/jobs/test_jobs_run.py checks what ``python -m scripts run training/jobs/<spec>.yml``
-prints and leaves (log, metrics.json, MLflow runs); tests/test_model_export.py loads and serves
-the models those runs write. Both take the same run from here instead of training their own:
+tests/scripts/test_jobs_run.py checks what ``python -m scripts run training/jobs/<spec>.yml``
+prints and leaves (log, metrics.json, MLflow runs); tests/training/test_model_export.py loads and
+serves the models those runs write. Both take the same run from here instead of training their own:
 the first test that asks for a spec runs it (one epoch on real MNIST), later ones reuse it.
 
 A shared run is read, never written: a test that changes a run's folder copies it first

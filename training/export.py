@@ -46,7 +46,7 @@ INPUT_EXAMPLE_ROWS = 2  # small: two MNIST images are 12 kB of JSON (21 kB inden
 
 # What loads a model written by tf.keras 2 (Horovod) once its weights have Keras 3's layout:
 # the serving stack (serving/environment/conda.yml) and the MLflow of requirements.txt.
-# tests/test_model_export.py holds these equal to those files.
+# tests/training/test_model_export.py holds these equal to those files.
 MLFLOW_REQUIREMENT = "mlflow==3.17.2"
 KERAS3_REQUIREMENTS = ("tensorflow==2.21.0", "keras==3.15.1")
 
@@ -168,7 +168,7 @@ def write_with_mlflow(model: Any, path: Path, example: np.ndarray) -> None:
 
 def write_without_mlflow(model: Any, path: Path, example: np.ndarray) -> None:
     """The files ``mlflow.tensorflow.save_model`` (MLflow 3.17) writes for a Keras model, for an
-    environment without MLflow; MLflow's loaders read them (tests/test_model_export.py)."""
+    environment without MLflow; MLflow's loaders read them (tests/training/test_model_export.py)."""
     import keras
     import tensorflow as tf
     import yaml

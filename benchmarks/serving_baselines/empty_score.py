@@ -1,6 +1,6 @@
 """An entry script that does nothing: the floor azmlinfsrv itself sets (benchmarks only).
 
-It takes the raw request as serving/score.py does (``@rawhttp``), reads the body (as any
+It takes the raw request as serving/code/score.py does (``@rawhttp``), reads the body (as any
 scorer must: answering before the upload ends makes the server drop the connection under the
 client) and answers a constant, so the time per request is the server's own: gunicorn, Flask,
 azmlinfsrv's hooks and logging, and receiving the bytes.

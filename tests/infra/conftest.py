@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from infra_harness import Deployment, deploy
+
+from tests.infra.infra_harness import Deployment, deploy
 
 
 @pytest.fixture(scope="module")

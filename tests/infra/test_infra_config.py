@@ -8,7 +8,6 @@ from typing import Any
 
 import pulumi
 import pytest
-from infra_harness import deploy, deploy_entry_point, deploy_error
 
 from infra.catalog import AZURE_ML_REGIONS, GPU_VM_SIZES
 from infra.config import (
@@ -21,6 +20,7 @@ from infra.config import (
     tag_problems,
     validate_config,
 )
+from tests.infra.infra_harness import deploy, deploy_entry_point, deploy_error
 
 PROJECT = load_project()
 

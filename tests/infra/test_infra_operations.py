@@ -6,10 +6,10 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from infra_harness import SUBSCRIPTION, Deployment, deploy
 
 from infra.config import load_project, read_stack_values
 from infra.operations import budget_start_date
+from tests.infra.infra_harness import SUBSCRIPTION, Deployment, deploy
 
 DIAGNOSTIC = "azure-native:monitor:DiagnosticSetting"
 ACTION_GROUP = "azure-native:monitor:ActionGroup"

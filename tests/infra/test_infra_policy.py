@@ -7,9 +7,9 @@ Every test runs the real program (``infra.program.main``) against Azure-like moc
 from __future__ import annotations
 
 import pytest
-from infra_harness import Deployment, accepts_tags, deploy
 
 from infra.catalog import CPU_VM_SIZES, GPU_VM_SIZES, RETIRED_VM_SIZES
+from tests.infra.infra_harness import Deployment, accepts_tags, deploy
 
 STORAGE = "azure-native:storage:StorageAccount"
 VAULT = "azure-native:keyvault:Vault"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from infra_harness import SUBSCRIPTION, Deployment, deploy, walk
 
 from infra.config import load_project
 from infra.outputs import OUTPUT_KEYS, parse_stack_outputs
+from tests.infra.infra_harness import SUBSCRIPTION, Deployment, deploy, walk
 
 COMPUTE = "azure-native:machinelearningservices:Compute"
 ROLE = "azure-native:authorization:RoleAssignment"

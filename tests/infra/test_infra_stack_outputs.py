@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from infra_harness import Deployment
 
 from infra.config import PROJECT_ROOT
 from infra.outputs import OUTPUT_KEYS, StackOutputs
 from scripts import UserError
 from scripts.infra import read_stack_outputs
+from tests.infra.infra_harness import Deployment
 
 FakeCli = Callable[..., Path]
 

@@ -1,10 +1,10 @@
 """Fixtures for the serving and adversarial tests: the real trained model and scoring server.
 
-A pytest plugin (tests/conftest.py loads it), so that tests/serving and tests/adversarial share
+A pytest plugin (tests/conftest.py loads it), so that tests/serving and tests/serving share
 one training run and one server per session.
 
 ``trained_output`` runs ``python -m training.train --epochs 2`` once per session (real MNIST),
-``scoring_server`` starts serving/score.py under ``azmlinfsrv`` on a free loopback port with
+``scoring_server`` starts serving/code/score.py under ``azmlinfsrv`` on a free loopback port with
 the environment variables of serving/deployment.yml, pointing ``AZUREML_MODEL_DIR`` at the
 training output folder: the folder *above* ``model/``, as Azure ML mounts registered models.
 """
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving import specs
-from serving.local_server import LocalServer
+from scripts.endpoints import specs
+from scripts.endpoints.local_server import LocalServer
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""serving/request_log.py: the per-request log line, and the data handed to Azure ML's collector.
+"""serving/code/request_log.py: the per-request log line, and the data handed to the collector.
 
 The collector test runs azureml-ai-monitoring itself (its queue, worker thread and HTTP sender)
 against a local stand-in for the deployment's data collection sidecar on 127.0.0.1.
@@ -15,8 +15,8 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from serving import request_log
-from serving.request_log import DataCollection, RequestLog
+from serving.code import request_log
+from serving.code.request_log import DataCollection, RequestLog
 
 
 class Clock:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.contract import Shapes, complete
+from serving.code.contract import Shapes, complete
 
 CHECKS = [
     "not_a_server_error",

@@ -1,4 +1,4 @@
-"""serving/score.py under the real azmlinfsrv, over HTTP on loopback, with the trained model."""
+"""serving/code/score.py under the real azmlinfsrv, over HTTP on loopback, with a trained model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.local_server import LocalServer, ServerError
+from scripts.endpoints.local_server import LocalServer, ServerError
 from tests.serving.server_fixtures import listening_addresses
 
 pytestmark = pytest.mark.slow
@@ -250,7 +250,7 @@ def test_a_long_unknown_key_is_not_echoed_back(scoring_server):
 
 
 def test_oversized_body_is_refused_before_it_is_parsed(scoring_server):
-    from serving.predictor import max_body_bytes
+    from serving.code.predictor import max_body_bytes
 
     # Not even JSON: had the server parsed it, the answer would be a 400 NotJson.
     body = b'{"data": [' + b" " * max_body_bytes(MAX_BATCH) + b"not json"
@@ -304,7 +304,7 @@ def test_init_failure_explains_what_was_expected_where(tmp_path: Path, make_dir,
 
 
 def _score_log_lines(server: LocalServer, request_id: str) -> list[dict]:
-    """The server's structured per-request lines (serving/request_log.py) for ``request_id``."""
+    """The server's structured per-request lines (serving/code/request_log.py) for this request."""
     lines = []
     for line in server.log_path.read_text(errors="replace").splitlines():
         start = line.find('{"event":"score"')

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from serving import specs
-from serving.local_server import LocalServer
+from scripts.endpoints import specs
+from scripts.endpoints.local_server import LocalServer
 from tests.serving.server_fixtures import (
     Reply,
     chunked,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.predictor import (
+from serving.code.predictor import (
     BadRequest,
     DigitClassifier,
     ModelLoadError,
@@ -141,7 +141,7 @@ def test_parse_request_reports_the_first_bad_image_in_a_batch():
 def test_requests_are_read_and_answered_the_same_without_orjson(monkeypatch):
     import json
 
-    from serving import predictor
+    from serving.code import predictor
 
     body = b'{"data": [' + b"[" + b"0.25, " * 783 + b"1]" + b"]}"
     fast = parse_request(body)

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from workflow_files import ROOT
+
+from tests.workflows.workflow_files import ROOT
 
 SCRIPT = ROOT / ".github" / "scripts" / "job_report.py"
 

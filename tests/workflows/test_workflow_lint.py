@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from workflow_files import ROOT, WORKFLOW_DIR
+
+from tests.workflows.workflow_files import ROOT, WORKFLOW_DIR
 
 
 def lint(folder: Path) -> subprocess.CompletedProcess[str]:

@@ -1,24 +1,20 @@
 """train.yml and deploy.yml read a few facts from the commands' output (the job name, the
 registered model, the endpoint). Their `sed` patterns, taken from the workflow files, must match
 what the real commands print: `submit` and `register` run against the offline Azure ML
-workspace of tests/jobs (azure-ai-ml down to its HTTP transport), `deploy` with its rollout
+workspace of tests/scripts (azure-ai-ml down to its HTTP transport), `deploy` with its rollout
 replaced by a report."""
 
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
-from workflow_files import ROOT, load_workflows
-
-sys.path.insert(0, str(ROOT / "tests" / "jobs"))
-
-from jobs_fake_azure import FakeWorkspace
 
 from scripts.__main__ import build_parser
 from tests.azure_fakes import EntraIdCredential
+from tests.scripts.jobs_fake_azure import FakeWorkspace
+from tests.workflows.workflow_files import ROOT, load_workflows
 from training.data import MIRRORS
 
 WORKFLOWS = {w.name: w for w in load_workflows()}
@@ -77,7 +73,7 @@ def test_train_reads_the_registered_model(workspace: FakeWorkspace, tmp_path: Pa
 
 def test_deploy_reads_the_endpoint_from_the_rollout_report(monkeypatch, capsys):
     from scripts import azureml
-    from serving import rollout
+    from scripts.endpoints import rollout
 
     report = rollout.RolloutReport(
         "mnist-digits", "green", "blue", {"green": 100}, [{"green": 10, "blue": 90}]

@@ -4,11 +4,10 @@ and the variables they read are exactly what the bootstrap stack outputs."""
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
-from workflow_files import ROOT, Workflow, expressions, load_workflows, steps
+
+from tests.workflows.workflow_files import ROOT, Workflow, expressions, load_workflows, steps
 
 WORKFLOWS = load_workflows()
 BY_NAME = {w.name: w for w in WORKFLOWS}
@@ -122,9 +121,7 @@ def _variables_read() -> set[str]:
 
 
 def _bootstrap_outputs(config: dict) -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bootstrap"))
-    from bootstrap_harness import deploy
+    from tests.infra.bootstrap.bootstrap_harness import deploy
 
     return deploy(config).outputs
 

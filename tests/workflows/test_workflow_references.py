@@ -12,7 +12,15 @@ from functools import cache
 
 import pytest
 import yaml
-from workflow_files import ROOT, Workflow, expressions, load_workflows, run_scripts, steps
+
+from tests.workflows.workflow_files import (
+    ROOT,
+    Workflow,
+    expressions,
+    load_workflows,
+    run_scripts,
+    steps,
+)
 
 WORKFLOWS = load_workflows()
 CONTEXTS = {"github", "env", "vars", "inputs", "steps", "needs", "matrix", "runner", "job"}
