@@ -13,11 +13,12 @@ export MNIST_DATA_DIR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo train test test-fast lint format bench test-infra preflight \
-	horovod-env train-horovod serve test-serving bench-serving test-jobs lint-workflows
+	horovod-env train-horovod serve test-training test-serving bench-serving test-scripts \
+	lint-workflows
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,8 +42,12 @@ test: $(STAMP) lint-workflows ## Run the whole test suite (lint included)
 test-fast: $(STAMP) ## Run the tests that do not train a model
 	$(PY) -m pytest -m "not slow"
 
-test-infra: $(STAMP) ## Run the infrastructure tests (Pulumi program under mocks, preflight, stack outputs)
+# The tests mirror the source: tests/<folder> tests <folder>/.
+test-infra: $(STAMP) ## Run the tests of infra/ (both Pulumi programs under mocks, policy, stack outputs)
 	$(PY) -m pytest tests/infra
+
+test-training: $(STAMP) ## Run the tests of training/ (real MNIST: every mode, resume, export, models)
+	$(PY) -m pytest tests/training
 
 preflight: $(STAMP) ## Check VM sizes and Azure ML quota in the region before `pulumi up` (STACK=dev)
 	$(PY) -m scripts preflight --stack $(or $(STACK),dev)
@@ -50,10 +55,10 @@ preflight: $(STAMP) ## Check VM sizes and Azure ML quota in the region before `p
 serve: $(STAMP) ## Serve ./outputs/model with serving/code/score.py under azmlinfsrv on :5001, as the endpoint would
 	$(PY) -m scripts serve
 
-test-serving: $(STAMP) ## Run the serving tests (real model, real azmlinfsrv, deploy through the SDK)
+test-serving: $(STAMP) ## Run the tests of serving/ (the uploaded scoring code under the real azmlinfsrv)
 	$(PY) -m pytest tests/serving
 
-test-jobs: $(STAMP) ## Run the job tests (specs, one-epoch local runs of them, Azure commands offline)
+test-scripts: $(STAMP) ## Run the tests of scripts/ (job specs run locally, deploy/batch/preflight offline)
 	$(PY) -m pytest tests/scripts
 
 horovod-env: ## Build (or reuse) the pinned Horovod virtualenv: TF 2.13 + horovod 0.28.1, Gloo
