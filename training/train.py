@@ -1,8 +1,14 @@
-"""Train the article's MNIST DNN (784-300-100-10) anywhere: laptop, cluster, one or many nodes.
+"""Train an MNIST model anywhere: laptop, cluster, one or many nodes.
+
+The model is chosen by name from ``training/model.py``'s registry: ``--model dnn`` (the
+default, the article's 784-300-100-10 DNN) or ``--model cnn`` (a small convolutional net).
+The images take the model's own input shape, and the model's own shapes become the saved
+model's signature.
 
 Single node (laptop or an Azure ML command job)::
 
     python -m training.train --data-folder ../shared/data/mnist --output-dir ./outputs
+    python -m training.train --model cnn --output-dir ./outputs-cnn
 
 Distributed: the same command, started by a launcher that sets the environment
 (``training/distribute.py`` reads it, no flag needed)::
@@ -48,15 +54,14 @@ import numpy as np
 from training import resume
 from training.data import DataError, Mnist, load_mnist
 from training.export import save_model
+from training.model import DEFAULT_MODEL, MODELS
 
-# Defaults, each chosen once here. Together they reach >= 98% test accuracy in a few
+# Defaults, each chosen once here; each model's own (layer sizes, dropout, epochs, learning
+# rate) are in training/model.py. Together the DNN's reach >= 98% test accuracy in a few
 # epochs on two CPU cores (see benchmarks/train_speed.py).
 DEFAULT_BATCH_SIZE = 256  # per replica: keeps the cores busy, still generalises well
-DEFAULT_FIRST_LAYER = 300  # the article's (and LeCun et al. 1998's) 300-100 net
-DEFAULT_SECOND_LAYER = 100
-DEFAULT_LEARNING_RATE = 3e-3  # Adam's peak rate after warm-up, for one replica
-DEFAULT_EPOCHS = 6  # the cosine schedule reaches zero at the last epoch
-DEFAULT_DROPOUT = 0.2  # keeps the last epochs at a low rate from overfitting
+# The model options that have a flag; each applies to the models whose builder takes it.
+MODEL_OPTIONS = ("first_layer_neurons", "second_layer_neurons", "dropout")
 WARMUP_FRACTION = 0.1  # of all steps, rate ramps linearly to its peak
 LABEL_SMOOTHING = 0.05  # softer targets: better-calibrated probabilities for serving
 EVAL_BATCH = 2_000
@@ -77,17 +82,23 @@ class UsageError(Exception):
 
 @dataclass(frozen=True)
 class Config:
+    model: str
     data_folder: str | None
     batch_size: int
-    first_layer_neurons: int
-    second_layer_neurons: int
+    first_layer_neurons: int | None  # None: the model does not take this option
+    second_layer_neurons: int | None
     learning_rate: float
     epochs: int
     output_dir: str
     seed: int
-    dropout: float
+    dropout: float | None
     tracking: bool
     restart: bool = False
+
+    def model_options(self) -> dict[str, Any]:
+        """The options the model's builder takes, as the flags set them."""
+        takes = MODELS[self.model].options()
+        return {option: getattr(self, option) for option in MODEL_OPTIONS if option in takes}
 
 
 def _checked(convert: type, accept: Any, requirement: str) -> Any:
@@ -123,15 +134,33 @@ _seed = _checked(int, lambda v: 0 <= v <= MAX_SEED, f"must be between 0 and {MAX
 _folder = _checked(str, lambda v: v.strip() != "", "must name a folder")
 
 
-def parameter_count(first: int, second: int, pixels: int = 784, classes: int = 10) -> int:
-    """Weights and biases of the pixels-first-second-classes Dense stack."""
-    return (pixels + 1) * first + (first + 1) * second + (second + 1) * classes
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def _defaults_help(value: Any) -> str:
+    """``default: dnn 6, cnn 4``: a setting's default for each model that has one."""
+    shown = [f"{name} {value(arch)}" for name, arch in MODELS.items() if value(arch) is not None]
+    return "default: " + ", ".join(shown)
+
+
+def _option_help(option: str) -> str:
+    return (
+        f"a model option ({_defaults_help(lambda arch: arch.options().get(option))}); "
+        "refused with any other --model"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(
         prog="python -m training.train",
-        description="Train the MNIST DNN; distribution is chosen from the environment.",
+        description="Train an MNIST model; distribution is chosen from the environment.",
+    )
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default=DEFAULT_MODEL,
+        help="the architecture, from training/model.py's MODELS (default %(default)s)",
     )
     parser.add_argument(
         "--data-folder",
@@ -143,20 +172,19 @@ def parse_args(argv: list[str] | None = None) -> Config:
         default=DEFAULT_BATCH_SIZE,
         help="examples per replica per step (default %(default)s)",
     )
-    parser.add_argument("--first-layer-neurons", type=_positive_int, default=DEFAULT_FIRST_LAYER)
-    parser.add_argument("--second-layer-neurons", type=_positive_int, default=DEFAULT_SECOND_LAYER)
+    for option in ("first_layer_neurons", "second_layer_neurons"):
+        parser.add_argument(_flag(option), type=_positive_int, help=_option_help(option))
     parser.add_argument(
         "--learning-rate",
         type=_learning_rate,
-        default=DEFAULT_LEARNING_RATE,
-        help="peak learning rate for one replica (default %(default)s)",
+        help="peak learning rate for one replica "
+        f"({_defaults_help(lambda arch: arch.learning_rate)})",
     )
     parser.add_argument(
         "--epochs",
         type=_epochs,
-        default=DEFAULT_EPOCHS,
         help="length of the learning-rate schedule, which reaches zero at the last epoch "
-        "(default %(default)s)",
+        f"({_defaults_help(lambda arch: arch.epochs)})",
     )
     parser.add_argument(
         "--output-dir",
@@ -165,7 +193,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         help="model, metrics, pictures, checkpoints (default %(default)s)",
     )
     parser.add_argument("--seed", type=_seed, default=0, help="0 to 2**32 - 1 (default 0)")
-    parser.add_argument("--dropout", type=_fraction, default=DEFAULT_DROPOUT)
+    parser.add_argument("--dropout", type=_fraction, help=_option_help("dropout"))
     parser.add_argument(
         "--no-tracking", dest="tracking", action="store_false", help="do not log to MLflow"
     )
@@ -175,12 +203,35 @@ def parse_args(argv: list[str] | None = None) -> Config:
         help="discard the checkpoints and history in OUTPUT_DIR/checkpoints and train from "
         "scratch (without it, a rerun resumes, and only with the flags that wrote them)",
     )
-    config = Config(**vars(parser.parse_args(argv)))
-    weights = parameter_count(config.first_layer_neurons, config.second_layer_neurons)
-    if weights > MAX_PARAMETERS:
+    return _with_model_defaults(parser, vars(parser.parse_args(argv)))
+
+
+def _with_model_defaults(parser: argparse.ArgumentParser, given: dict[str, Any]) -> Config:
+    """Fill the flags left unset with the chosen model's defaults; refuse a model option the
+    model does not take, and a model too large to train."""
+    name = given["model"]
+    architecture, takes = MODELS[name], MODELS[name].options()
+    foreign = [_flag(o) for o in MODEL_OPTIONS if given[o] is not None and o not in takes]
+    if foreign:
+        own = ", ".join(_flag(o) for o in MODEL_OPTIONS if o in takes) or "none"
         parser.error(
-            f"--first-layer-neurons {config.first_layer_neurons} and --second-layer-neurons "
-            f"{config.second_layer_neurons} make {weights:,} weights, more than the "
+            f"{' and '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to "
+            f"--model {name} (its options: {own}); leave it out, or choose the model it "
+            "belongs to with --model"
+        )
+    for option in MODEL_OPTIONS:
+        if option in takes and given[option] is None:
+            given[option] = takes[option]
+    if given["epochs"] is None:
+        given["epochs"] = architecture.epochs
+    if given["learning_rate"] is None:
+        given["learning_rate"] = architecture.learning_rate
+    config = Config(**given)
+    weights = architecture.weights(**config.model_options()) if architecture.weights else 0
+    if weights > MAX_PARAMETERS:
+        chosen = " ".join(f"{_flag(o)} {v}" for o, v in config.model_options().items())
+        parser.error(
+            f"--model {name} with {chosen} has {weights:,} weights, more than the "
             f"{MAX_PARAMETERS:,} this script allows (Adam keeps three float32 copies); "
             "choose smaller layers"
         )
@@ -199,14 +250,14 @@ def make_dataset(
     epoch: int | None,
     input_context: Any = None,
 ):
-    """Batches of (float32 [batch, 784] in [0, 1], int32 labels), shuffled by seed and epoch.
+    """Batches of (float32 [batch, *image] in [0, 1], int32 labels), shuffled by seed and epoch.
 
-    ``images`` (uint8 [N, 784]) and ``labels`` stay in memory as tensors, so there is
-    nothing to cache. Shuffling is one vectorised permutation per epoch, batched into index
-    rows; each row gathers and scales a whole batch at once and batches are prefetched. An
-    element-wise ``shuffle`` of 60,000 indices costs more than the training step itself on
-    two cores. With ``epoch`` the order depends only on ``seed`` and the epoch, so a resumed
-    run sees the same batches as an uninterrupted one; with ``epoch=None`` it repeats
+    ``images`` (uint8 [N, *image], shaped for the model) and ``labels`` stay in memory as
+    tensors, so there is nothing to cache. Shuffling is one vectorised permutation per epoch,
+    batched into index rows; each row gathers and scales a whole batch at once and batches are
+    prefetched. An element-wise ``shuffle`` of 60,000 indices costs more than the training step
+    itself on two cores. With ``epoch`` the order depends only on ``seed`` and the epoch, so a
+    resumed run sees the same batches as an uninterrupted one; with ``epoch=None`` it repeats
     forever with a new order each pass (parameter-server workers). ``input_context`` gives
     each worker its own slice of every epoch's permutation.
     """
@@ -264,39 +315,42 @@ class Trainer:
         import keras
         import tensorflow as tf
 
-        from training.model import WarmupCosine, build_model
+        from training.model import build_model
+        from training.schedule import WarmupCosine
 
         self.config, self.runtime = config, runtime
-        self.x_train = data.x_train.reshape(len(data.x_train), -1)
-        self.y_train = data.y_train.astype(np.int32)
-        self.x_test = data.x_test.reshape(len(data.x_test), -1).astype(np.float32) / 255.0
-        self.y_test = data.y_test.astype(np.int32)
         self.global_batch = config.batch_size * runtime.num_replicas
-        self.steps_per_epoch = len(self.x_train) // (self.global_batch * runtime.ranks_per_step)
+        self.steps_per_epoch = len(data.x_train) // (self.global_batch * runtime.ranks_per_step)
         if self.steps_per_epoch < 1:
             raise UsageError(
                 f"--batch-size {config.batch_size} x {runtime.num_replicas} replicas exceeds "
-                f"the {len(self.x_train)} training examples; use a smaller --batch-size."
+                f"the {len(data.x_train)} training examples; use a smaller --batch-size."
             )
         total_steps = self.steps_per_epoch * config.epochs
         # Square-root scaling keeps Adam stable when replicas multiply the batch.
         peak = config.learning_rate * math.sqrt(runtime.num_replicas * runtime.ranks_per_step)
         with runtime.strategy.scope():
-            self.model = build_model(
-                config.first_layer_neurons, config.second_layer_neurons, config.dropout
-            )
+            self.model = build_model(config.model, **config.model_options())
             schedule = WarmupCosine(peak, total_steps, int(total_steps * WARMUP_FRACTION))
             self.optimizer = keras.optimizers.Adam(learning_rate=schedule)
             self.optimizer.build(self.model.trainable_variables)
             self.epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.schedule = schedule
+        # The images take the model's own input shape ([N, 784] pixels for the DNN, [N, 28, 28,
+        # 1] for the CNN), the labels its number of classes.
+        shape = (-1, *self.model.input_shape[1:])
+        self.x_train = data.x_train.reshape(shape)
+        self.y_train = data.y_train.astype(np.int32)
+        self.x_test = data.x_test.reshape(shape).astype(np.float32) / 255.0
+        self.y_test = data.y_test.astype(np.int32)
+        self.classes = int(self.model.output_shape[-1])
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, epoch=self.epoch_var
         )
         self._step = tf.function(self._distributed_step)
         self._predict = tf.function(
             lambda x: self.model(x, training=False),
-            input_signature=[tf.TensorSpec([None, self.x_test.shape[1]], tf.float32)],
+            input_signature=[tf.TensorSpec([None, *self.x_test.shape[1:]], tf.float32)],
         )
         self._first_step_done = False
 
@@ -307,8 +361,8 @@ class Trainer:
 
         with tf.GradientTape() as tape:
             probabilities = self.model(x, training=True)
-            targets = tf.one_hot(y, 10)
-            smoothed = targets * (1.0 - LABEL_SMOOTHING) + LABEL_SMOOTHING / 10.0
+            targets = tf.one_hot(y, self.classes)
+            smoothed = targets * (1.0 - LABEL_SMOOTHING) + LABEL_SMOOTHING / self.classes
             per_example = keras.losses.categorical_crossentropy(smoothed, probabilities)
             loss = tf.reduce_sum(per_example) / self.global_batch
         tape = self.runtime.wrap_tape(tape)
@@ -663,12 +717,10 @@ def run_record(config: Config, runtime: Any, data: Mnist) -> dict[str, Any]:
     import tensorflow as tf
 
     from training.data import fingerprint
-    from training.model import NUM_CLASSES, NUM_PIXELS
 
-    layers = [NUM_PIXELS, config.first_layer_neurons, config.second_layer_neurons, NUM_CLASSES]
     return {
-        "layers": layers,
-        "dropout": config.dropout,
+        "model": config.model,
+        **config.model_options(),
         "batch_size": config.batch_size,
         "learning_rate": config.learning_rate,
         "epochs": config.epochs,
@@ -802,6 +854,7 @@ def train(
         return None
     test_loss, test_accuracy, predictions = trainer.evaluate()
     metrics = {
+        "model": config.model,
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
         "epochs": len(history),  # in total, over every invocation

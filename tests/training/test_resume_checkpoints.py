@@ -41,8 +41,9 @@ def copy_of_finished(finished, tmp_path) -> Path:
 @pytest.mark.parametrize(
     ("change", "difference"),
     [
-        (["--first-layer-neurons", "200"], "layers [784, 300, 100, 10] -> [784, 200, 100, 10]"),
-        (["--second-layer-neurons", "50"], "layers [784, 300, 100, 10] -> [784, 300, 50, 10]"),
+        (["--first-layer-neurons", "200"], "first_layer_neurons 300 -> 200"),
+        (["--second-layer-neurons", "50"], "second_layer_neurons 100 -> 50"),
+        (["--model", "cnn"], "model dnn -> cnn"),  # another architecture's weights
         (["--dropout", "0.5"], "dropout 0.2 -> 0.5"),
         (["--epochs", "1"], "epochs 2 -> 1"),  # fewer: would claim a 1-epoch model
         (["--epochs", "3"], "epochs 2 -> 3"),  # more: another cosine schedule
