@@ -13,6 +13,9 @@ environment:
   Azure ML writes an empty ``"ps": []`` that TF >= 2.13 rejects; empty roles are dropped.
 - Otherwise MirroredStrategy over the local GPUs when there are several, else the default
   single-device strategy.
+
+The base ``Runtime`` (and the hooks the Trainer calls) is in ``training/runtime.py``; the
+cluster runtimes here override the hooks where they differ.
 """
 
 from __future__ import annotations
@@ -21,65 +24,52 @@ import json
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import tensorflow as tf
 
+from training.runtime import ClusterConfigError, Examples, Runtime, Step
+
 HOROVOD_ENV_KEYS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 
 
-class ClusterConfigError(Exception):
-    """TF_CONFIG (or the MPI environment) describes a cluster we cannot run in."""
+@dataclass
+class MultiWorkerRuntime(Runtime):
+    """A worker of a MultiWorkerMirroredStrategy cluster. Saving a checkpoint is a collective
+    operation there: every worker takes part (all but the chief into a scratch folder, the
+    pattern the TF multi-worker guide prescribes)."""
+
+    @property
+    def saves_checkpoints(self) -> bool:
+        return True
 
 
 @dataclass
-class Runtime:
-    """Where this process stands in the training cluster and how it trains.
+class ParameterServerRuntime(Runtime):
+    """The chief (coordinator) of a parameter-server cluster: it schedules steps on the
+    workers, which step asynchronously, each on a whole batch of an endless stream (a new
+    order each pass), so an epoch is a count of steps, not a pass over the data."""
 
-    ``num_replicas`` counts the replicas that share one synchronous step: the global batch is
-    the per-replica batch times this. Only the chief writes models, metrics and pictures.
-    """
+    coordinator: Any = None  # tf.distribute.coordinator.ClusterCoordinator
+    _iterators: dict[Examples, Any] = field(default_factory=dict, init=False, repr=False)
 
-    kind: str  # single | mirrored | multi_worker | parameter_server | horovod
-    strategy: tf.distribute.Strategy
-    num_replicas: int = 1
-    is_chief: bool = True
-    worker_index: int = 0
-    num_workers: int = 1
-    coordinator: Any = None  # tf.distribute.coordinator.ClusterCoordinator for PS
-    extras: dict[str, Any] = field(default_factory=dict)
+    def run_steps(
+        self, step: Step, examples: Examples, epoch: int, count: int
+    ) -> Iterator[tuple[Any, Any]]:
+        iterator = self._iterators.get(examples)
+        if iterator is None:
 
-    @property
-    def ranks_per_step(self) -> int:
-        """Processes that each take a whole global batch per step: Horovod's ranks step
-        outside tf.distribute, so an epoch's examples and the learning-rate scaling count
-        them too; under a strategy the replicas are already in ``num_replicas``."""
-        return self.num_workers if self.kind == "horovod" else 1
+            def dataset_fn(_context: Any = None) -> Any:
+                return examples.batches(examples.x, examples.y, examples.global_batch, epoch=None)
 
-    def wrap_tape(self, tape: tf.GradientTape) -> tf.GradientTape:
-        """Hook for all-reducing gradients outside tf.distribute (Horovod overrides it)."""
-        return tape
-
-    def after_restore(self, start: int, model: Any, optimizer: Any) -> int:
-        """Hook run after the checkpoint restore: the epoch every worker starts from.
-
-        Horovod ranks may not all see the checkpoints (node-local output folders), so they
-        take rank 0's epoch and variables; tf.distribute strategies need nothing here.
-        """
-        return start
-
-    def share_from_chief(self, value: Any, name: str) -> Any:
-        """The chief's ``value`` on every worker (Horovod broadcasts it). tf.distribute workers
-        read the same output folder and decide alike, and a worker that fails stops the job."""
-        return value
-
-    def after_first_step(self, model: Any, optimizer: Any) -> None:
-        """Hook run once after the first step (Horovod broadcasts rank 0's variables)."""
-
-    def barrier(self) -> None:
-        """Wait for all workers (a no-op where the strategy synchronises on its own)."""
+            iterator = iter(self.coordinator.create_per_worker_dataset(dataset_fn))
+            self._iterators[examples] = iterator
+        results = [self.coordinator.schedule(step, args=(iterator,)) for _ in range(count)]
+        self.coordinator.join()
+        for result in results:
+            yield result.fetch()
 
 
 def parse_tf_config(raw: str) -> dict[str, Any]:
@@ -202,7 +192,7 @@ def _multi_worker(config: dict[str, Any]) -> Runtime:
     has_chief = "chief" in cluster
     is_chief = task["type"] == "chief" or (not has_chief and task["index"] == 0)
     worker_index = task["index"] + (1 if has_chief and task["type"] == "worker" else 0)
-    return Runtime(
+    return MultiWorkerRuntime(
         "multi_worker",
         strategy,
         num_replicas=strategy.num_replicas_in_sync,
@@ -222,7 +212,7 @@ def _parameter_server(config: dict[str, Any]) -> Runtime | None:
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     strategy = tf.distribute.experimental.ParameterServerStrategy(resolver)
     coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
-    return Runtime(
+    return ParameterServerRuntime(
         "parameter_server",
         strategy,
         num_replicas=1,  # workers step asynchronously, each on a full batch

@@ -8,9 +8,9 @@ builds against TensorFlow 2.13 but not 2.21 (Keras 3): it runs in its own pinned
 
 How the Trainer uses what ``detect()`` returns:
 
-- ``num_workers``/``worker_index`` (Horovod's size and rank): each rank trains on every
-  ``size``-th example from ``rank`` on, with the per-rank batch, and the learning rate is
-  scaled by sqrt(size);
+- ``num_workers``/``worker_index`` (Horovod's size and rank), ``ranks_per_step`` and
+  ``epoch_dataset``: each rank trains on every ``size``-th example from ``rank`` on, with the
+  per-rank batch, and the learning rate is scaled by sqrt(size);
 - ``wrap_tape``: ``hvd.DistributedGradientTape`` averages the gradients of all ranks, so
   every rank applies the same update;
 - ``share_from_chief``: rank 0's verdict on the output folder's checkpoints (fresh, resume,
@@ -34,7 +34,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from training.distribute import ClusterConfigError, Runtime
+from training.runtime import ClusterConfigError, Examples, Runtime
 
 
 def _import_horovod() -> Any:
@@ -63,6 +63,17 @@ class HorovodRuntime(Runtime):
     """A rank of a Horovod job; ``hvd`` is ``horovod.tensorflow``, already initialised."""
 
     hvd: Any = None
+
+    @property
+    def ranks_per_step(self) -> int:
+        return self.num_workers
+
+    def epoch_dataset(self, examples: Examples, epoch: int) -> Any:
+        # Rank r trains on examples r, r + size, r + 2 size, ... with its own whole batch.
+        shard = slice(self.worker_index, None, self.num_workers)
+        return examples.batches(
+            examples.x[shard], examples.y[shard], examples.global_batch, epoch=epoch
+        )
 
     def wrap_tape(self, tape: tf.GradientTape) -> tf.GradientTape:
         return self.hvd.DistributedGradientTape(tape)

@@ -107,12 +107,12 @@ def test_global_batch_larger_than_the_data_is_a_usage_error():
     import tensorflow as tf
 
     from training.data import Mnist
-    from training.distribute import Runtime
+    from training.distribute import MultiWorkerRuntime
     from training.train import Trainer, UsageError, parse_args
 
     images = np.zeros((1_000, 28, 28), np.uint8)
     data = Mnist(images, np.zeros(1_000, np.uint8), images[:10], np.zeros(10, np.uint8), Path())
-    runtime = Runtime("multi_worker", tf.distribute.get_strategy(), num_replicas=2)
+    runtime = MultiWorkerRuntime("multi_worker", tf.distribute.get_strategy(), num_replicas=2)
     with pytest.raises(UsageError, match="600 x 2 replicas exceeds the 1000 training examples"):
         Trainer(parse_args(["--batch-size", "600"]), runtime, data)
 
@@ -134,7 +134,7 @@ def test_two_replica_step_equals_one_replica_step_on_the_same_global_batch():
         two_cpus = [tf.config.LogicalDeviceConfiguration()] * 2
         tf.config.set_logical_device_configuration(cpu, two_cpus)
         from training.data import Mnist
-        from training.distribute import Runtime
+        from training.runtime import Runtime
         from training.train import Trainer, parse_args
 
         rng = np.random.default_rng(0)

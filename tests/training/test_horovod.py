@@ -20,8 +20,8 @@ import pytest
 from tests.conftest import ROOT
 from tests.local_jobs import files_of
 from training.data import Mnist
-from training.distribute import Runtime
 from training.environments.horovod import build_env
+from training.horovod_runtime import HorovodRuntime
 
 NP = 2
 EPOCHS = 3
@@ -113,7 +113,7 @@ def test_each_rank_trains_on_its_own_interleaved_shard():
 
     seen = {}
     for rank in range(NP):
-        runtime = Runtime(
+        runtime = HorovodRuntime(
             "horovod", tf.distribute.get_strategy(), worker_index=rank, num_workers=NP
         )
         trainer = Trainer(config, runtime, data)

@@ -152,7 +152,7 @@ def tiny_mnist(seed: int = 0, count: int = 600) -> Mnist:
 def single_runtime():
     import tensorflow as tf
 
-    from training.distribute import Runtime
+    from training.runtime import Runtime
 
     return Runtime("single", tf.distribute.get_strategy())
 

@@ -89,7 +89,7 @@ def assert_restore_gives_the_saved_state(out: Path, data, args: list[str]) -> No
     in it: every weight, both Adam slots of every weight, the step count and the epoch."""
     import tensorflow as tf
 
-    from training.distribute import Runtime
+    from training.runtime import Runtime
     from training.train import Checkpoints, Trainer, parse_args
 
     latest = tf.train.latest_checkpoint(str(out / "checkpoints"))

@@ -277,6 +277,23 @@ def tiny_mnist(count: int = 400) -> Mnist:
     return Mnist(images, labels, images[:50], labels[:50], Path())
 
 
+class OneProcessHorovod:
+    """``horovod.tensorflow`` as seen by a rank whose collectives return its own values: the
+    main environment has no Horovod (real ranks run in tests/training/test_horovod.py)."""
+
+    def broadcast_object(self, value: object, root_rank: int, name: str = "") -> object:
+        return value
+
+    def broadcast_variables(self, variables: list, root_rank: int) -> None:
+        pass
+
+    def allreduce(self, tensor: object, name: str = "") -> object:
+        return tensor
+
+    def DistributedGradientTape(self, tape: object) -> object:  # Horovod's name
+        return tape
+
+
 @pytest.mark.parametrize("kind", ["multi_worker", "horovod"])
 def test_a_worker_that_is_not_the_chief_writes_nothing_into_the_output_dir(
     kind, tmp_path, monkeypatch
@@ -288,7 +305,8 @@ def test_a_worker_that_is_not_the_chief_writes_nothing_into_the_output_dir(
 
     import tensorflow as tf
 
-    from training.distribute import Runtime
+    from training.distribute import MultiWorkerRuntime
+    from training.horovod_runtime import HorovodRuntime
     from training.train import parse_args, train
 
     scratch = tmp_path / "scratch"
@@ -301,9 +319,12 @@ def test_a_worker_that_is_not_the_chief_writes_nothing_into_the_output_dir(
     chiefs.parent.mkdir(parents=True)
     chiefs.write_text('{"written by": "the chief"}')
     config = parse_args(["--epochs", "2", "--batch-size", "100", "--output-dir", str(out)])
-    runtime = Runtime(
-        kind, tf.distribute.get_strategy(), is_chief=False, worker_index=1, num_workers=2
-    )
+    where = {"is_chief": False, "worker_index": 1, "num_workers": 2}
+    strategy = tf.distribute.get_strategy()
+    if kind == "horovod":
+        runtime = HorovodRuntime(kind, strategy, **where, hvd=OneProcessHorovod())
+    else:
+        runtime = MultiWorkerRuntime(kind, strategy, **where)
     assert train(config, tiny_mnist(), runtime) is None
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
         "checkpoints",

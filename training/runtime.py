@@ -1,0 +1,113 @@
+"""The runtime a training process runs in, as the training loop sees it.
+
+``Runtime`` is the single-process default (one device, or several local GPUs under
+MirroredStrategy); ``training/distribute.py`` adds the tf.distribute runtimes of a cluster
+(multi-worker, parameter server) and picks one from the environment,
+``training/horovod_runtime.py`` adds Horovod. The Trainer and the checkpoints only call the
+hooks below; each runtime class overrides the ones where it differs, so no code branches on
+``kind``, which is data: the name written to metrics.json, MLflow and the checkpoints' record.
+
+This module imports no TensorFlow, so the training script can check its flags before
+TensorFlow loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import tensorflow as tf
+
+Step = Callable[[Any], tuple[Any, Any]]  # iterator -> (summed loss, correct count)
+
+
+class ClusterConfigError(Exception):
+    """TF_CONFIG (or the MPI environment) describes a cluster we cannot run in."""
+
+
+@dataclass(frozen=True, eq=False)
+class Examples:
+    """The training examples and how to batch them: ``batches(x, y, batch_size, epoch=...,
+    input_context=...)`` is a ``tf.data.Dataset`` of one epoch (``epoch=None``: forever)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    global_batch: int
+    batches: Callable[..., Any]
+
+
+@dataclass
+class Runtime:
+    """Where this process stands in the training cluster and how it trains.
+
+    ``num_replicas`` counts the replicas that share one synchronous step: the global batch is
+    the per-replica batch times this. Only the chief writes models, metrics and pictures.
+    """
+
+    kind: str  # single | mirrored | multi_worker | parameter_server | horovod
+    strategy: tf.distribute.Strategy
+    num_replicas: int = 1
+    is_chief: bool = True
+    worker_index: int = 0
+    num_workers: int = 1
+
+    @property
+    def ranks_per_step(self) -> int:
+        """Processes that each take a whole global batch per step (Horovod's ranks step outside
+        tf.distribute, so an epoch's examples and the learning-rate scaling count them too);
+        under a strategy the replicas are already in ``num_replicas``."""
+        return 1
+
+    @property
+    def saves_checkpoints(self) -> bool:
+        """Whether this process writes checkpoints: the chief, into the output folder; where
+        saving is a collective operation, every worker (the others to a scratch folder)."""
+        return self.is_chief
+
+    def epoch_dataset(self, examples: Examples, epoch: int) -> Any:
+        """Epoch ``epoch``'s batches for this process: the strategy splits each global batch
+        among its replicas."""
+        return self.strategy.distribute_datasets_from_function(
+            lambda context: examples.batches(
+                examples.x,
+                examples.y,
+                context.get_per_replica_batch_size(examples.global_batch),
+                epoch=epoch,
+                input_context=context,
+            )
+        )
+
+    def run_steps(
+        self, step: Step, examples: Examples, epoch: int, count: int
+    ) -> Iterator[tuple[Any, Any]]:
+        """Run ``count`` steps of epoch ``epoch``, yielding each step's (summed loss, correct
+        count) as it completes."""
+        iterator = iter(self.epoch_dataset(examples, epoch))
+        for _ in range(count):
+            yield step(iterator)
+
+    def wrap_tape(self, tape: tf.GradientTape) -> tf.GradientTape:
+        """Hook for all-reducing gradients outside tf.distribute (Horovod overrides it)."""
+        return tape
+
+    def after_restore(self, start: int, model: Any, optimizer: Any) -> int:
+        """Hook run after the checkpoint restore: the epoch every worker starts from.
+
+        Horovod ranks may not all see the checkpoints (node-local output folders), so they
+        take rank 0's epoch and variables; tf.distribute strategies need nothing here.
+        """
+        return start
+
+    def share_from_chief(self, value: Any, name: str) -> Any:
+        """The chief's ``value`` on every worker (Horovod broadcasts it). tf.distribute workers
+        read the same output folder and decide alike, and a worker that fails stops the job."""
+        return value
+
+    def after_first_step(self, model: Any, optimizer: Any) -> None:
+        """Hook run once after the first step (Horovod broadcasts rank 0's variables)."""
+
+    def barrier(self) -> None:
+        """Wait for all workers (a no-op where the strategy synchronises on its own)."""
