@@ -15,8 +15,14 @@ import scripts.infra
 from infra.config import load_project, validate_config
 from scripts import UserError
 from scripts.preflight import PreflightError, make_client, run_preflight
-from tests.azure_fakes import TOKEN, StaticCredential, requests_transport
-from tests.scripts.preflight_fakes import SUBSCRIPTION, FakeArm, ml_usage, vm_sku
+from tests.azure_fakes import (
+    SUBSCRIPTION,
+    TOKEN,
+    FakeWorkspace,
+    StaticCredential,
+    ml_usage,
+    vm_sku,
+)
 
 SKUS = r"/subscriptions/[^/]+/providers/Microsoft\.Compute/skus$"
 USAGES = r"/providers/Microsoft\.MachineLearningServices/locations/(?P<loc>[a-z0-9]+)/usages$"
@@ -49,10 +55,18 @@ def _usages(t4_limit: int = 24, t4_used: int = 0, total_limit: int = 100) -> dic
     }
 
 
+def _arm(routes: dict[str, tuple[int, Any]]) -> FakeWorkspace:
+    """The offline Azure, answering GETs whose path matches a route with (status, body)."""
+    fake = FakeWorkspace()
+    for pattern, (status, body) in routes.items():
+        fake.answer("GET", pattern, status, body)
+    return fake
+
+
 def _run(config: dict[str, Any], routes: dict[str, tuple[int, Any]]):
-    fake = FakeArm(routes)
+    fake = _arm(routes)
     credential = StaticCredential()
-    client = make_client(credential, SUBSCRIPTION, transport=requests_transport(fake))
+    client = make_client(credential, SUBSCRIPTION, transport=fake.transport())
     checks = run_preflight(validate_config(config), client, SUBSCRIPTION)
     return checks, fake, credential
 
@@ -204,10 +218,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def test_the_command_prints_a_report_and_exits_zero_when_ready(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    fake = FakeArm({SKUS: (200, _skus("westeurope")), USAGES: (200, _usages())})
+    fake = _arm({SKUS: (200, _skus("westeurope")), USAGES: (200, _usages())})
     args = _parse(["preflight", "--stack", "dev", "--subscription", SUBSCRIPTION])
     # The dev example stack asks for low-priority GPU nodes: 8 vCPUs > 6 in the pool.
-    code = args.func(args, credential=StaticCredential(), transport=requests_transport(fake))
+    code = args.func(args, credential=StaticCredential(), transport=fake.transport())
     out = capsys.readouterr().out
     assert code == 1
     assert out.startswith("preflight for stack dev (westeurope, profile standard):")
@@ -223,9 +237,9 @@ def test_the_command_takes_the_subscription_from_the_environment(
     usages = _usages(total_limit=200)
     a100 = "Standard NCADSA100v4 Family Cluster Dedicated vCPUs"
     usages["value"].append(ml_usage("vmFamily", a100, 0, 96))
-    fake = FakeArm({SKUS: (200, _skus("westeurope")), USAGES: (200, usages)})
+    fake = _arm({SKUS: (200, _skus("westeurope")), USAGES: (200, usages)})
     args = _parse(["preflight", "--stack", "prod"])
-    assert args.func(args, credential=StaticCredential(), transport=requests_transport(fake)) == 0
+    assert args.func(args, credential=StaticCredential(), transport=fake.transport()) == 0
     out = capsys.readouterr().out
     # prod: 4 A100 nodes x 24 vCPUs = 96 of the family's 96, plus 8 for the CPU cluster.
     assert f"ok    gpu-cluster: {a100}: 96 vCPUs needed at max nodes, 96 free" in out
@@ -252,10 +266,10 @@ def test_the_command_reports_config_errors_as_user_errors(tmp_path: Path) -> Non
 
 
 def test_the_command_turns_a_missing_login_into_a_user_error() -> None:
-    fake = FakeArm({SKUS: (200, _skus("westeurope"))})
+    fake = _arm({SKUS: (200, _skus("westeurope"))})
     args = _parse(["preflight", "--subscription", SUBSCRIPTION])
     with pytest.raises(UserError, match="run `az login`"):
-        args.func(args, credential=_NoLogin(), transport=requests_transport(fake))
+        args.func(args, credential=_NoLogin(), transport=fake.transport())
     assert fake.requests == []  # nothing is sent without a token
 
 

@@ -1,5 +1,5 @@
 """``submit``, ``register``, ``download`` and ``register-data`` through the real azure-ai-ml SDK,
-down to its HTTP transport: ``jobs_fake_azure.FakeWorkspace`` answers like Azure (no
+down to its HTTP transport: ``tests.azure_fakes.FakeWorkspace`` answers like Azure (no
 credentials, no network). The tests assert the REST requests the commands send and the one
 sentence a user reads when Azure says no."""
 
@@ -17,8 +17,7 @@ from infra.outputs import OUTPUT_KEYS
 from scripts import UserError
 from scripts.__main__ import build_parser
 from scripts.jobspec import JOBS_DIR
-from tests.azure_fakes import EntraIdCredential, fake_pulumi
-from tests.scripts.jobs_fake_azure import ACCOUNT, CONTAINER, FakeWorkspace
+from tests.azure_fakes import ACCOUNT, CONTAINER, EntraIdCredential, FakeWorkspace, fake_pulumi
 from training.data import MIRRORS
 
 MIRROR = MIRRORS[0]
@@ -50,7 +49,7 @@ def cli(fake: FakeWorkspace, *argv: str, credential: Any = None, flags: bool = T
         fake.workspace,
     ]
     args = build_parser().parse_args([*argv, *(workspace if flags else [])])
-    return args.func(args, credential=credential or EntraIdCredential(), transport=fake)
+    return args.func(args, credential=credential or EntraIdCredential(), transport=fake.transport())
 
 
 def submit(fake: FakeWorkspace, spec: str, *extra: str, **kwargs: Any) -> int:
@@ -59,7 +58,7 @@ def submit(fake: FakeWorkspace, spec: str, *extra: str, **kwargs: Any) -> int:
 
 def job_body(fake: FakeWorkspace) -> dict[str, Any]:
     (put,) = fake.calls("PUT", r"/jobs/[^/]+$")
-    return put.json["properties"]
+    return put.json()["properties"]
 
 
 # ---------------------------------------------------------------------------- submit
@@ -70,12 +69,12 @@ def test_submit_sends_the_job_the_spec_declares(fake: FakeWorkspace, capsys) -> 
     assert submit(fake, "multi_worker.yml", "--no-wait", "--set", "inputs.epochs=3") == 0
 
     ws = fake.ws
-    calls = fake.arm_calls()
-    assert calls[0] == ("GET", "/computes/gpu-cluster")  # the cluster is checked first
+    first = fake.arm_calls()[0]  # the cluster is checked first
+    assert (first.method, first.path) == ("GET", f"{ws}/computes/gpu-cluster")
     # the environment was missing: registered from training/environments/train/environment.yml
     (environment,) = fake.calls("PUT", "/environments/tf-mnist-train/versions/1$")
-    assert environment.json["properties"]["image"].startswith("mcr.microsoft.com/azureml/")
-    assert "tensorflow[and-cuda]==2.21.0" in environment.json["properties"]["condaFile"]
+    assert environment.json()["properties"]["image"].startswith("mcr.microsoft.com/azureml/")
+    assert "tensorflow[and-cuda]==2.21.0" in environment.json()["properties"]["condaFile"]
     assert not fake.calls("PUT", "/data/")  # the data asset exists: nothing re-registered
 
     # the code snapshot is the training package only
@@ -88,7 +87,7 @@ def test_submit_sends_the_job_the_spec_declares(fake: FakeWorkspace, capsys) -> 
     assert not any("tests" in name or "scripts" in name for name in uploaded)
 
     (component,) = fake.calls("PUT", "/components/")
-    spec = component.json["properties"]["componentSpec"]
+    spec = component.json()["properties"]["componentSpec"]
     assert spec["command"].startswith("python -m training.train ")
     assert "--output-dir ${{outputs.run}}" in spec["command"]
     assert spec["environment"] == f"azureml:{ws}/environments/tf-mnist-train/versions/1"
@@ -131,8 +130,8 @@ def test_a_registered_environment_is_reused_not_rebuilt(fake: FakeWorkspace) -> 
 def test_submit_registers_the_data_asset_when_the_workspace_lacks_it(fake: FakeWorkspace) -> None:
     submit(fake, "single.yml", "--no-wait")
     (data,) = fake.calls("PUT", "/data/mnist/versions/1$")
-    assert data.json["properties"]["dataUri"] == MIRROR
-    assert data.json["properties"]["dataType"] == "uri_folder"
+    assert data.json()["properties"]["dataUri"] == MIRROR
+    assert data.json()["properties"]["dataType"] == "uri_folder"
 
 
 def test_submit_follows_the_step_and_waits_for_the_job(fake: FakeWorkspace, capsys) -> None:
@@ -152,12 +151,12 @@ def test_the_horovod_step_runs_in_the_horovod_environment(fake: FakeWorkspace) -
     submit(fake, "horovod.yml", "--no-wait")
     (environment,) = fake.calls("PUT", "/environments/")
     assert environment.path.endswith("/environments/tf-mnist-horovod/versions/1")
-    build = environment.json["properties"]["build"]
+    build = environment.json()["properties"]["build"]
     assert build["dockerfilePath"] == "Dockerfile"
     dockerfile = [r for r in fake.calls("PUT") if r.path.endswith("/horovod/Dockerfile")]
     assert dockerfile, "the Docker build context is uploaded"
     (component,) = fake.calls("PUT", "/components/")
-    spec = component.json["properties"]["componentSpec"]
+    spec = component.json()["properties"]["componentSpec"]
     assert spec["environment"] == f"azureml:{fake.ws}/environments/tf-mnist-horovod/versions/1"
     step = job_body(fake)["jobs"]["train"]
     assert step["distribution"] == {"distribution_type": "Mpi", "process_count_per_instance": 1}
@@ -248,7 +247,7 @@ def test_part_of_a_workspace_on_the_command_line_is_a_user_error(fake: FakeWorks
         ["submit", str(JOBS_DIR / "single.yml"), "--workspace", "w", "--subscription", "s"]
     )
     with pytest.raises(UserError, match=r"also pass --resource-group"):
-        args.func(args, credential=EntraIdCredential(), transport=fake)
+        args.func(args, credential=EntraIdCredential(), transport=fake.transport())
 
 
 # ---------------------------------------------------------------------------- errors
@@ -361,7 +360,7 @@ def test_no_permission_names_the_role_to_ask_for(fake: FakeWorkspace) -> None:
 def test_register_data_points_the_asset_at_the_public_mirror(fake: FakeWorkspace) -> None:
     assert cli(fake, "register-data") == 0
     (put,) = fake.calls("PUT", "/data/mnist/versions/1$")
-    properties = put.json["properties"]
+    properties = put.json()["properties"]
     assert (properties["dataType"], properties["dataUri"]) == ("uri_folder", MIRROR)
     assert not [r for r in fake.requests if r.host.endswith(".blob.core.windows.net")]
 
@@ -379,7 +378,7 @@ def test_register_data_uploads_a_verified_local_copy(fake: FakeWorkspace, mnist_
     }
     assert {"train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"} <= uploaded
     (put,) = fake.calls("PUT", "/data/mnist/versions/2$")  # the next version
-    uri = put.json["properties"]["dataUri"]
+    uri = put.json()["properties"]["dataUri"]
     assert uri.startswith("azureml://datastores/workspaceblobstore/paths/LocalUpload/")
 
 
@@ -411,7 +410,7 @@ def test_register_uploads_the_model_folder_itself_tagged_with_its_framework(
     (run / "metrics.json").write_text('{"test_accuracy": 0.98}')  # beside the model: stays here
     assert cli(fake, "register", "--model-dir", str(model)) == 0
     (put,) = fake.calls("PUT", "/models/tf-mnist/versions/")
-    properties = put.json["properties"]
+    properties = put.json()["properties"]
     assert properties["modelType"] == "mlflow_model"
     assert properties["tags"] == {"framework": "TensorFlow", "framework_version": "2.21.0"}
     # the model is the uploaded folder `model` itself: MLmodel at its top, nothing beside it
@@ -424,9 +423,7 @@ def test_register_uploads_the_model_folder_itself_tagged_with_its_framework(
     assert folder == "model" and re.fullmatch(r"[0-9a-f]{32,64}", upload)
     prefix = f"/{CONTAINER}/LocalUpload/{upload}/"
     uploaded = {
-        key.removeprefix(prefix): blob["data"]
-        for key, blob in fake.blobs.items()
-        if key.startswith(prefix)
+        key.removeprefix(prefix): data for key, data in fake.blobs.items() if key.startswith(prefix)
     }
     assert uploaded == {
         "model/MLmodel": b"flavors:\n  tensorflow: {model_type: keras}\n",
@@ -463,7 +460,7 @@ def test_register_a_jobs_model_in_place_after_reading_its_framework(
     local = tmp_path / "calm_river_42" / "named-outputs" / "run"
     assert json.loads((local / "metrics.json").read_text())["test_accuracy"] == 0.981
     (put,) = fake.calls("PUT", "/models/tf-mnist/versions/")
-    properties = put.json["properties"]
+    properties = put.json()["properties"]
     assert properties["modelUri"] == "azureml://jobs/calm_river_42/outputs/run/paths/model"
     assert properties["modelType"] == "mlflow_model"
     assert properties["tags"]["framework_version"] == "2.21.0"

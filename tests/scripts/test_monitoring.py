@@ -1,6 +1,6 @@
 """The prediction-drift monitor: its YAML through azure-ai-ml's loader, the reference data from the
 real MNIST training labels, and ``apply_monitor`` / ``python -m scripts monitor`` through the
-SDK down to its HTTP transport (``serving_fake_azure.FakeAzureML``)."""
+SDK down to its HTTP transport (``tests.azure_fakes.FakeWorkspace``)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,7 @@ import yaml
 
 from scripts.endpoints import drift_schedule as schedule
 from scripts.endpoints import rollout
-from tests.scripts.serving_fake_azure import (
-    WS_PATH,
-    FakeAzureML,
-    right_answers,
-)
+from tests.azure_fakes import WS_PATH, FakeWorkspace, right_answers
 
 # Digit counts of the 60,000 MNIST training labels (train-labels-idx1-ubyte).
 TRAINING_COUNTS = {0: 5923, 1: 6742, 2: 5958, 3: 6131, 4: 5842, 5: 5421, 6: 5918, 7: 6265,
@@ -78,9 +74,11 @@ def test_labels_that_are_not_digits_are_refused(tmp_path, labels):
 
 
 @pytest.fixture
-def fake(monkeypatch) -> FakeAzureML:
-    fake = FakeAzureML(scorer=right_answers)
-    fake.install(monkeypatch)
+def fake(monkeypatch) -> FakeWorkspace:
+    fake = FakeWorkspace(scorer=right_answers)
+    fake.use_for_storage(monkeypatch)
+    for version in ("1", "2"):
+        fake.seed_model("tf-mnist", version)
     return fake
 
 
@@ -174,4 +172,4 @@ def test_no_single_serving_colour_is_refused_before_anything_changes(
         fake.seed_endpoint("mnist-digits", traffic, ["blue", "green"])
     with pytest.raises(schedule.MonitorError, match=message):
         schedule.apply_monitor(ml_client, endpoint="mnist-digits", labels=lambda: np.arange(10))
-    assert not [c for c in fake.calls if c.method != "GET"]
+    assert not [c for c in fake.requests if c.method != "GET"]

@@ -1,42 +1,11 @@
-"""Offline ARM for ``preflight``: a routes-to-answers HTTP layer and the payloads it returns.
-
-``FakeArm`` is a ``requests`` adapter for ``tests.azure_fakes.requests_transport``, so each SDK
-call goes through azure-core's whole pipeline (URL building, bearer-token policy, retries,
-paging, deserialisation) and only the socket is replaced by routes that answer with
-constructed ARM responses.
-"""
+"""What subscription-level ARM APIs return, for ``preflight``: Resource SKUs and Azure ML usages
+(answered by ``FakeWorkspace.answer``)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-import requests
-from requests.adapters import BaseAdapter
-
-from tests.azure_fakes import Call, error_response, json_response
-
-SUBSCRIPTION = "3f2a6c1e-9b7d-4c2e-8a51-0d6e4b9f7a10"
-
-
-class FakeArm(BaseAdapter):
-    """Answers requests whose URL path matches a route with (status, JSON body)."""
-
-    def __init__(self, routes: dict[str, tuple[int, Any]]) -> None:
-        super().__init__()
-        self.routes = {re.compile(pattern): answer for pattern, answer in routes.items()}
-        self.requests: list[Call] = []
-
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        call = Call.of(request)
-        self.requests.append(call)
-        for pattern, (status, body) in self.routes.items():
-            if pattern.search(call.path):
-                return json_response(request, status, body)
-        return error_response(request, 404, "NotFound", f"no route for {call.path}")
-
-    def close(self) -> None:
-        pass
+from tests.azure_fakes.base import SUBSCRIPTION
 
 
 def vm_sku(
