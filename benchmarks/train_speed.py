@@ -75,8 +75,9 @@ def ours(data) -> dict[str, float]:
     import json
     from pathlib import Path
 
+    from training.config import parse_args
     from training.distribute import detect_runtime
-    from training.train import parse_args, train
+    from training.train import train
 
     with tempfile.TemporaryDirectory() as out:
         config = replace(parse_args([]), output_dir=out, tracking=False)

@@ -12,7 +12,8 @@ reaches zero at the last epoch), so a resumed run with more or fewer epochs woul
 schedule that no single run follows. A rerun of a finished folder with the same flags has
 nothing to do and changes nothing.
 
-This module needs no TensorFlow: the record is plain data.
+The record is plain data: this module loads no TensorFlow until ``run_record`` asks its
+version.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from training.config import LABEL_SMOOTHING, WARMUP_FRACTION, Config
+from training.data import Mnist, fingerprint
+from training.outputs import OutputError, describe_write_error, write_atomic
+from training.runtime import Runtime
 
 RECORD_NAME = "run.json"
 RECORD_FORMAT = 1
@@ -111,3 +117,64 @@ def discard(checkpoint_dir: Path) -> None:
     """``--restart``: remove the checkpoints, their history, record and MLflow run id."""
     if checkpoint_dir.exists():
         shutil.rmtree(checkpoint_dir)
+
+
+def run_record(config: Config, runtime: Runtime, data: Mnist) -> dict[str, Any]:
+    """What produces this run's checkpoints: the flags that change shapes or results, the
+    runtime, and the data."""
+    import keras
+    import tensorflow as tf
+
+    return {
+        "model": config.model,
+        **config.model_options(),
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "epochs": config.epochs,
+        "seed": config.seed,
+        "label_smoothing": LABEL_SMOOTHING,
+        "warmup_fraction": WARMUP_FRACTION,
+        "distribution": runtime.kind,
+        "replicas": runtime.num_replicas,
+        "workers": runtime.num_workers,
+        "tensorflow_major": int(tf.__version__.split(".")[0]),
+        "keras_major": int(keras.__version__.split(".")[0]),
+        "data_sha256": fingerprint(data),
+    }
+
+
+def plan_run(config: Config, runtime: Runtime, data: Mnist) -> Plan:
+    """Fresh, resume or finished, decided by the chief for every worker; raises
+    ``ResumeRefused`` on every worker when the checkpoints belong to another run."""
+    output_dir = Path(config.output_dir)
+    checkpoint_dir = output_dir / "checkpoints"
+    try:
+        decided = plan(checkpoint_dir, run_record(config, runtime, data), restart=config.restart)
+        verdict: tuple[str, str] = (decided.action, "")
+    except ResumeRefused as exc:
+        decided, verdict = None, ("refused", str(exc))
+    action, reason = runtime.share_from_chief(verdict, "resume_plan")
+    if action == "refused":
+        raise ResumeRefused(reason)
+    record = decided.record if decided else run_record(config, runtime, data)
+    if action == "finished" and not (output_dir / "model").exists():
+        action = "resume"  # outputs lost after the last epoch: write them again, train nothing
+    return Plan(action, record)
+
+
+def start_fresh(checkpoint_dir: Path, record: dict[str, Any]) -> None:
+    """The chief clears old checkpoints (only --restart or a folder without any gets here)
+    and records what produces the new ones."""
+    try:
+        discard(checkpoint_dir)
+        write_atomic(checkpoint_dir / RECORD_NAME, record_text(record, finished=False))
+    except OSError as exc:
+        raise OutputError(
+            f"{describe_write_error(exc, 'the checkpoints folder', checkpoint_dir)}. Fix the "
+            "folder or choose another --output-dir."
+        ) from None
+
+
+def mark_finished(checkpoint_dir: Path, record: dict[str, Any]) -> None:
+    """The chief records that the run finished: a rerun with the same flags has nothing to do."""
+    write_atomic(checkpoint_dir / RECORD_NAME, record_text(record, finished=True))

@@ -29,22 +29,22 @@ Writes to ``--output-dir`` (only the chief): ``model/`` (an MLflow model; the Ke
 ``model/data/model.keras``), ``metrics.json``, ``training_curves.png``,
 ``confusion_matrix.png``; params and metrics go to MLflow (a local ``mlflow.db`` unless
 ``MLFLOW_TRACKING_URI`` is set, as it is on Azure ML).
+
+This file is the training loop (``Trainer``, ``train``) and ``main``; its neighbours each do
+one job: ``training/config.py`` the flags, ``training/runtime.py`` (with ``distribute.py`` and
+``horovod_runtime.py``) where and how the process trains, ``training/resume.py`` whether the
+output folder's checkpoints may be resumed, ``training/checkpoints.py`` the checkpoints
+themselves, ``training/outputs.py`` the model, metrics and pictures, ``training/tracking.py``
+MLflow, ``training/signals.py`` Ctrl-C and eviction.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import errno
+import functools
 import json
 import math
-import os
-import shutil
-import signal
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,193 +52,15 @@ from typing import Any
 import numpy as np
 
 from training import resume
+from training.checkpoints import Checkpoints, RestoreError
+from training.config import LABEL_SMOOTHING, WARMUP_FRACTION, Config, UsageError, parse_args
 from training.data import DataError, Mnist, load_mnist
-from training.export import save_model
-from training.model import DEFAULT_MODEL, MODELS
+from training.outputs import OutputError, prepare_output_dir, write_outputs
+from training.runtime import Examples, Runtime
+from training.signals import Interrupted, SignalGuard
+from training.tracking import Tracker
 
-# Defaults, each chosen once here; each model's own (layer sizes, dropout, epochs, learning
-# rate) are in training/model.py. Together the DNN's reach >= 98% test accuracy in a few
-# epochs on two CPU cores (see benchmarks/train_speed.py).
-DEFAULT_BATCH_SIZE = 256  # per replica: keeps the cores busy, still generalises well
-# The model options that have a flag; each applies to the models whose builder takes it.
-MODEL_OPTIONS = ("first_layer_neurons", "second_layer_neurons", "dropout")
-WARMUP_FRACTION = 0.1  # of all steps, rate ramps linearly to its peak
-LABEL_SMOOTHING = 0.05  # softer targets: better-calibrated probabilities for serving
-EVAL_BATCH = 2_000
-
-# Bounds the libraries enforce late (after TensorFlow loaded) or not at all: checked while
-# parsing instead, so a typo costs a usage line, not a traceback or a run that cannot work.
-MAX_SEED = 2**32 - 1  # NumPy and keras.utils.set_random_seed refuse seeds outside [0, 2**32)
-MAX_EPOCHS = 10_000
-MAX_LEARNING_RATE = 10.0  # Adam diverges long before; float32 overflows past ~3e38
-MIN_LEARNING_RATE = 1e-30  # smaller rounds to zero (or a denormal) in float32: nothing learns
-MAX_PARAMETERS = 100_000_000  # weights; Adam keeps two more copies: 1.2 GB of float32
-TRAIN_EXAMPLES = 60_000  # MNIST's training set (training/data.py verifies the count)
-
-
-class UsageError(Exception):
-    """Flags that parse but cannot work together (e.g. a batch larger than the data)."""
-
-
-@dataclass(frozen=True)
-class Config:
-    model: str
-    data_folder: str | None
-    batch_size: int
-    first_layer_neurons: int | None  # None: the model does not take this option
-    second_layer_neurons: int | None
-    learning_rate: float
-    epochs: int
-    output_dir: str
-    seed: int
-    dropout: float | None
-    tracking: bool
-    restart: bool = False
-
-    def model_options(self) -> dict[str, Any]:
-        """The options the model's builder takes, as the flags set them."""
-        takes = MODELS[self.model].options()
-        return {option: getattr(self, option) for option in MODEL_OPTIONS if option in takes}
-
-
-def _checked(convert: type, accept: Any, requirement: str) -> Any:
-    """An argparse type: ``convert`` the text, then refuse values ``accept`` rejects."""
-    noun = "whole number" if convert is int else "number"
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {noun}") from None
-        if not accept(value):
-            raise argparse.ArgumentTypeError(f"{text} {requirement}")
-        return value
-
-    return parse
-
-
-_positive_int = _checked(int, lambda v: v >= 1, "must be at least 1")
-_epochs = _checked(int, lambda v: 1 <= v <= MAX_EPOCHS, f"must be between 1 and {MAX_EPOCHS}")
-_batch = _checked(
-    int,
-    lambda v: 1 <= v <= TRAIN_EXAMPLES,
-    f"must be between 1 and {TRAIN_EXAMPLES} (the MNIST training examples)",
-)
-_learning_rate = _checked(
-    float,
-    lambda v: math.isfinite(v) and MIN_LEARNING_RATE <= v <= MAX_LEARNING_RATE,
-    f"must be a positive number between {MIN_LEARNING_RATE:g} and {MAX_LEARNING_RATE:g}",
-)
-_fraction = _checked(float, lambda v: 0 <= v < 1, "must be in [0, 1)")
-_seed = _checked(int, lambda v: 0 <= v <= MAX_SEED, f"must be between 0 and {MAX_SEED} (2**32 - 1)")
-_folder = _checked(str, lambda v: v.strip() != "", "must name a folder")
-
-
-def _flag(option: str) -> str:
-    return "--" + option.replace("_", "-")
-
-
-def _defaults_help(value: Any) -> str:
-    """``default: dnn 6, cnn 4``: a setting's default for each model that has one."""
-    shown = [f"{name} {value(arch)}" for name, arch in MODELS.items() if value(arch) is not None]
-    return "default: " + ", ".join(shown)
-
-
-def _option_help(option: str) -> str:
-    return (
-        f"a model option ({_defaults_help(lambda arch: arch.options().get(option))}); "
-        "refused with any other --model"
-    )
-
-
-def parse_args(argv: list[str] | None = None) -> Config:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.train",
-        description="Train an MNIST model; distribution is chosen from the environment.",
-    )
-    parser.add_argument(
-        "--model",
-        choices=sorted(MODELS),
-        default=DEFAULT_MODEL,
-        help="the architecture, from training/model.py's MODELS (default %(default)s)",
-    )
-    parser.add_argument(
-        "--data-folder",
-        help="folder with the four MNIST .gz files (default: $MNIST_DATA_DIR, else download)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=_batch,
-        default=DEFAULT_BATCH_SIZE,
-        help="examples per replica per step (default %(default)s)",
-    )
-    for option in ("first_layer_neurons", "second_layer_neurons"):
-        parser.add_argument(_flag(option), type=_positive_int, help=_option_help(option))
-    parser.add_argument(
-        "--learning-rate",
-        type=_learning_rate,
-        help="peak learning rate for one replica "
-        f"({_defaults_help(lambda arch: arch.learning_rate)})",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=_epochs,
-        help="length of the learning-rate schedule, which reaches zero at the last epoch "
-        f"({_defaults_help(lambda arch: arch.epochs)})",
-    )
-    parser.add_argument(
-        "--output-dir",
-        type=_folder,
-        default="./outputs",
-        help="model, metrics, pictures, checkpoints (default %(default)s)",
-    )
-    parser.add_argument("--seed", type=_seed, default=0, help="0 to 2**32 - 1 (default 0)")
-    parser.add_argument("--dropout", type=_fraction, help=_option_help("dropout"))
-    parser.add_argument(
-        "--no-tracking", dest="tracking", action="store_false", help="do not log to MLflow"
-    )
-    parser.add_argument(
-        "--restart",
-        action="store_true",
-        help="discard the checkpoints and history in OUTPUT_DIR/checkpoints and train from "
-        "scratch (without it, a rerun resumes, and only with the flags that wrote them)",
-    )
-    return _with_model_defaults(parser, vars(parser.parse_args(argv)))
-
-
-def _with_model_defaults(parser: argparse.ArgumentParser, given: dict[str, Any]) -> Config:
-    """Fill the flags left unset with the chosen model's defaults; refuse a model option the
-    model does not take, and a model too large to train."""
-    name = given["model"]
-    architecture, takes = MODELS[name], MODELS[name].options()
-    foreign = [_flag(o) for o in MODEL_OPTIONS if given[o] is not None and o not in takes]
-    if foreign:
-        own = ", ".join(_flag(o) for o in MODEL_OPTIONS if o in takes) or "none"
-        parser.error(
-            f"{' and '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to "
-            f"--model {name} (its options: {own}); leave it out, or choose the model it "
-            "belongs to with --model"
-        )
-    for option in MODEL_OPTIONS:
-        if option in takes and given[option] is None:
-            given[option] = takes[option]
-    if given["epochs"] is None:
-        given["epochs"] = architecture.epochs
-    if given["learning_rate"] is None:
-        given["learning_rate"] = architecture.learning_rate
-    config = Config(**given)
-    weights = architecture.weights(**config.model_options()) if architecture.weights else 0
-    if weights > MAX_PARAMETERS:
-        chosen = " ".join(f"{_flag(o)} {v}" for o, v in config.model_options().items())
-        parser.error(
-            f"--model {name} with {chosen} has {weights:,} weights, more than the "
-            f"{MAX_PARAMETERS:,} this script allows (Adam keeps three float32 copies); "
-            "choose smaller layers"
-        )
-    return config
-
-
-# ---------------------------------------------------------------------------- data
+EVAL_BATCH = 2_000  # test images per prediction call
 
 
 def make_dataset(
@@ -294,9 +116,6 @@ def make_dataset(
     )
 
 
-# ---------------------------------------------------------------------------- training
-
-
 @dataclass
 class EpochResult:
     epoch: int
@@ -311,7 +130,7 @@ class EpochResult:
 class Trainer:
     """The training loop for every runtime: one step function, several ways to run it."""
 
-    def __init__(self, config: Config, runtime: Any, data: Mnist) -> None:
+    def __init__(self, config: Config, runtime: Runtime, data: Mnist) -> None:
         import keras
         import tensorflow as tf
 
@@ -344,6 +163,8 @@ class Trainer:
         self.x_test = data.x_test.reshape(shape).astype(np.float32) / 255.0
         self.y_test = data.y_test.astype(np.int32)
         self.classes = int(self.model.output_shape[-1])
+        batches = functools.partial(make_dataset, seed=config.seed)
+        self.examples = Examples(self.x_train, self.y_train, self.global_batch, batches)
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, epoch=self.epoch_var
         )
@@ -384,36 +205,11 @@ class Trainer:
             strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None),
         )
 
-    def _epoch_dataset(self, epoch: int):
-        config, runtime = self.config, self.runtime
-        if runtime.kind == "horovod":
-            shard = slice(runtime.worker_index, None, runtime.num_workers)
-            return make_dataset(
-                self.x_train[shard],
-                self.y_train[shard],
-                config.batch_size,
-                seed=config.seed,
-                epoch=epoch,
-            )
-        return runtime.strategy.distribute_datasets_from_function(
-            lambda context: make_dataset(
-                self.x_train,
-                self.y_train,
-                context.get_per_replica_batch_size(self.global_batch),
-                seed=config.seed,
-                epoch=epoch,
-                input_context=context,
-            )
-        )
-
     def train_epoch(self, epoch: int) -> tuple[float, float, int]:
         """One pass over the training data: (mean loss, accuracy, examples seen)."""
-        if self.runtime.kind == "parameter_server":
-            return self._train_epoch_ps()
-        iterator = iter(self._epoch_dataset(epoch))
         loss_sum = correct = 0.0
-        for _ in range(self.steps_per_epoch):
-            loss, hits = self._step(iterator)
+        steps = self.runtime.run_steps(self._step, self.examples, epoch, self.steps_per_epoch)
+        for loss, hits in steps:
             if not self._first_step_done:
                 self.runtime.after_first_step(self.model, self.optimizer)
                 self._first_step_done = True
@@ -421,26 +217,6 @@ class Trainer:
             correct += float(hits)
         seen = self.steps_per_epoch * self.global_batch
         return loss_sum / seen, correct / seen, seen * self.runtime.ranks_per_step
-
-    def _train_epoch_ps(self) -> tuple[float, float, int]:
-        coordinator = self.runtime.coordinator
-        if not hasattr(self, "_ps_iterator"):
-            config = self.config
-
-            def dataset_fn(_context=None):
-                return make_dataset(
-                    self.x_train, self.y_train, config.batch_size, seed=config.seed, epoch=None
-                )
-
-            self._ps_iterator = iter(coordinator.create_per_worker_dataset(dataset_fn))
-        results = [
-            coordinator.schedule(self._step, args=(self._ps_iterator,))
-            for _ in range(self.steps_per_epoch)
-        ]
-        coordinator.join()
-        values = np.array([result.fetch() for result in results], dtype=np.float64)
-        seen = self.steps_per_epoch * self.global_batch
-        return values[:, 0].sum() / seen, values[:, 1].sum() / seen, seen
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.concatenate(
@@ -459,321 +235,8 @@ class Trainer:
         return float(self.schedule(self.optimizer.iterations))
 
 
-# ---------------------------------------------------------------------------- checkpoints
-
-
-class RestoreError(Exception):
-    """A checkpoint that does not restore every weight and the optimizer's state."""
-
-
-class OutputError(Exception):
-    """The output folder cannot be written (a file in the way, read-only, disk full)."""
-
-
-def describe_write_error(exc: BaseException, what: str, path: Path | str) -> str:
-    """One sentence: what could not be written where, and why (the system's words for an
-    OSError, the first line of TensorFlow's for its own write errors)."""
-    if isinstance(exc, OSError):
-        reason = exc.strerror or str(exc)
-        if exc.errno == errno.ENOSPC:
-            reason = "no space left on the device"
-    else:
-        reason = _first_line(exc)
-    return f"cannot write {what} {path}: {reason}"
-
-
-def _tf_write_error() -> tuple[type[BaseException], ...]:
-    import tensorflow as tf
-
-    return (OSError, tf.errors.OpError)
-
-
-class Checkpoints:
-    """Epoch checkpoints under OUTPUT_DIR/checkpoints, written so a kill never corrupts them.
-
-    Every worker of a synchronous cluster must take part in saving; all but the chief save
-    to a throw-away folder (the pattern the TF multi-worker guide prescribes). A restore must
-    restore every variable of the model and the optimizer (and nothing else may be left
-    over in the checkpoint): anything less is a ``RestoreError``, never a warning.
-    """
-
-    def __init__(self, trainer: Trainer, output_dir: Path) -> None:
-        import tensorflow as tf
-
-        self.trainer = trainer
-        self.directory = output_dir / "checkpoints"
-        self.history_path = self.directory / "history.json"
-        runtime = trainer.runtime
-        if runtime.is_chief:
-            target = self.directory
-        else:
-            target = Path(tempfile.mkdtemp(prefix=f"ckpt-worker{runtime.worker_index}-"))
-        self._scratch = None if runtime.is_chief else target
-        self.saves = runtime.is_chief or runtime.kind == "multi_worker"
-        self.manager = tf.train.CheckpointManager(trainer.checkpoint, str(target), max_to_keep=2)
-
-    def restore(self) -> tuple[int, list[dict[str, float]]]:
-        """(first epoch to run, history so far); (0, []) when there is no checkpoint."""
-        import tensorflow as tf
-
-        latest = tf.train.latest_checkpoint(str(self.directory))
-        if latest is None:
-            return 0, []
-        status = None
-        try:
-            status = self.trainer.checkpoint.restore(latest)
-            status.assert_consumed()
-        except (AssertionError, ValueError, tf.errors.OpError) as exc:
-            if status is not None:
-                status.expect_partial()  # reported below: no TF warning about it at exit
-            raise RestoreError(
-                f"The checkpoint {latest} does not restore this run's model and optimizer "
-                f"({_first_line(exc)}), so resuming from it would train from partly fresh "
-                "weights. Train into a new --output-dir, or pass --restart to discard the "
-                "checkpoints there and train from scratch."
-            ) from None
-        history = []
-        if self.history_path.exists():
-            history = json.loads(self.history_path.read_text())
-        start = int(self.trainer.epoch_var.numpy())
-        return start, [row for row in history if row["epoch"] <= start]
-
-    def save(self, epoch: int, history: list[dict[str, float]]) -> None:
-        """Write epoch ``epoch``'s checkpoint, its history row first (a restore keeps only the
-        rows up to the checkpoint's epoch). On a write error nothing of this epoch is left:
-        the previous checkpoint stays the latest, whole."""
-        self.trainer.epoch_var.assign(epoch)
-        if not self.saves:
-            return
-        try:
-            if self.trainer.runtime.is_chief:
-                _write_atomic(self.history_path, json.dumps(history, indent=1))
-            self.manager.save(checkpoint_number=epoch)
-        except _tf_write_error() as exc:
-            self._remove_partial(epoch)
-            raise OutputError(
-                f"{describe_write_error(exc, 'the checkpoint in', self.directory)}. "
-                f"{self._kept(epoch - 1)}"
-            ) from None
-
-    def _remove_partial(self, epoch: int) -> None:
-        for path in Path(self.manager.directory).glob(f"ckpt-{epoch}[._]*"):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-
-    def _kept(self, epoch: int) -> str:
-        if epoch < 1:
-            return "No epoch had finished, so nothing was lost."
-        return (
-            f"The checkpoint after epoch {epoch} in {self.directory} is intact: free space or "
-            "fix the folder, then rerun the same command to resume from it."
-        )
-
-    def close(self) -> None:
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` whole, or leave it as it was (no ``.tmp`` left behind)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-# ---------------------------------------------------------------------------- outputs
-
-
-class Tracker:
-    """MLflow on the chief: a local store by default, the workspace on Azure ML."""
-
-    def __init__(self, enabled: bool, run_id_path: Path) -> None:
-        self.mlflow = None
-        if not enabled:
-            return
-        try:
-            import mlflow
-        except ImportError:
-            print("MLflow is not installed: metrics go to metrics.json only.", file=sys.stderr)
-            return
-        self.mlflow = mlflow
-        previous = run_id_path.read_text().strip() if run_id_path.exists() else None
-        # A resumed run keeps the params it logged (MLflow refuses to change them).
-        self.continued = previous is not None
-        if os.environ.get("MLFLOW_RUN_ID") or previous is None:
-            run = mlflow.start_run()
-        else:
-            run = mlflow.start_run(run_id=previous)  # a resumed run continues its MLflow run
-        _write_atomic(run_id_path, run.info.run_id)
-
-    def params(self, params: dict[str, Any]) -> None:
-        if self.mlflow and not self.continued:
-            self.mlflow.log_params(params)
-
-    def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if self.mlflow:
-            self.mlflow.log_metrics(metrics, step=step)
-
-    def artifacts(self, paths: list[Path]) -> None:
-        if self.mlflow:
-            for path in paths:
-                self.mlflow.log_artifact(str(path))
-
-    def end(self) -> None:
-        if self.mlflow:
-            self.mlflow.end_run()
-
-
-def write_reports(
-    output_dir: Path,
-    history: list[dict[str, float]],
-    metrics: dict[str, Any],
-    labels: np.ndarray,
-    predictions: np.ndarray,
-) -> list[Path]:
-    from training.report import confusion_matrix, plot_confusion, plot_curves
-
-    metrics_path = output_dir / "metrics.json"
-    _write_atomic(metrics_path, json.dumps(metrics, indent=2) + "\n")
-    return [
-        metrics_path,
-        plot_curves(history, output_dir / "training_curves.png"),
-        plot_confusion(confusion_matrix(labels, predictions), output_dir / "confusion_matrix.png"),
-    ]
-
-
-# ---------------------------------------------------------------------------- main
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; ``signum`` says which."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class SignalGuard:
-    """SIGINT (Ctrl-C) and SIGTERM (Azure ML's low-priority eviction) end training cleanly.
-
-    The handler raises ``Interrupted`` between steps; inside ``critical()`` (a checkpoint or
-    output being written) it waits for the block to end, so a signal never leaves half a
-    checkpoint. ``main`` turns it into one line and exit status 128 + the signal number.
-    """
-
-    def __init__(self) -> None:
-        self.saved_epoch = 0  # the last epoch whose checkpoint is on disk
-        self.total_epochs = 0
-        self._depth = 0
-        self._pending: int | None = None
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self._depth:
-            self._pending = signum
-            return
-        raise Interrupted(signum)
-
-    @contextlib.contextmanager
-    def critical(self) -> Iterator[None]:
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-        if not self._depth and self._pending is not None:
-            signum, self._pending = self._pending, None
-            raise Interrupted(signum)
-
-    def message(self, signum: int) -> str:
-        name = signal.Signals(signum).name
-        if not self.saved_epoch:
-            return f"interrupted ({name}) before the first epoch finished; rerun to start again"
-        return (
-            f"interrupted ({name}) after epoch {self.saved_epoch} of {self.total_epochs}; "
-            "rerun the same command to resume"
-        )
-
-
-def run_record(config: Config, runtime: Any, data: Mnist) -> dict[str, Any]:
-    """What produces this run's checkpoints: the flags that change shapes or results, the
-    runtime, and the data (see training/resume.py)."""
-    import keras
-    import tensorflow as tf
-
-    from training.data import fingerprint
-
-    return {
-        "model": config.model,
-        **config.model_options(),
-        "batch_size": config.batch_size,
-        "learning_rate": config.learning_rate,
-        "epochs": config.epochs,
-        "seed": config.seed,
-        "label_smoothing": LABEL_SMOOTHING,
-        "warmup_fraction": WARMUP_FRACTION,
-        "distribution": runtime.kind,
-        "replicas": runtime.num_replicas,
-        "workers": runtime.num_workers,
-        "tensorflow_major": int(tf.__version__.split(".")[0]),
-        "keras_major": int(keras.__version__.split(".")[0]),
-        "data_sha256": fingerprint(data),
-    }
-
-
-def plan_run(config: Config, runtime: Any, data: Mnist) -> resume.Plan:
-    """Fresh, resume or finished, decided by the chief for every worker; raises
-    ``ResumeRefused`` on every worker when the checkpoints belong to another run."""
-    output_dir = Path(config.output_dir)
-    checkpoint_dir = output_dir / "checkpoints"
-    try:
-        decided = resume.plan(
-            checkpoint_dir, run_record(config, runtime, data), restart=config.restart
-        )
-        verdict: tuple[str, str] = (decided.action, "")
-    except resume.ResumeRefused as exc:
-        decided, verdict = None, ("refused", str(exc))
-    action, reason = runtime.share_from_chief(verdict, "resume_plan")
-    if action == "refused":
-        raise resume.ResumeRefused(reason)
-    record = decided.record if decided else run_record(config, runtime, data)
-    if action == "finished" and not (output_dir / "model").exists():
-        action = "resume"  # outputs lost after the last epoch: write them again, train nothing
-    return resume.Plan(action, record)
-
-
-def _start_fresh(checkpoint_dir: Path, record: dict[str, Any]) -> None:
-    """The chief clears old checkpoints (only --restart or a folder without any gets here)
-    and records what produces the new ones."""
-    try:
-        resume.discard(checkpoint_dir)
-        _write_atomic(
-            checkpoint_dir / resume.RECORD_NAME, resume.record_text(record, finished=False)
-        )
-    except OSError as exc:
-        raise OutputError(
-            f"{describe_write_error(exc, 'the checkpoints folder', checkpoint_dir)}. Fix the "
-            "folder or choose another --output-dir."
-        ) from None
-
-
 def train(
-    config: Config, data: Mnist, runtime: Any, guard: SignalGuard | None = None
+    config: Config, data: Mnist, runtime: Runtime, guard: SignalGuard | None = None
 ) -> dict[str, Any] | None:
     """Run, resume or finish training; returns the final metrics on the chief, else None
     (also when the folder already holds this run, finished: nothing is written then)."""
@@ -784,7 +247,7 @@ def train(
     output_dir = Path(config.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     chief = runtime.is_chief
-    decided = plan_run(config, runtime, data)
+    decided = resume.plan_run(config, runtime, data)
     if decided.action == "finished":
         if chief:
             print(
@@ -794,7 +257,7 @@ def train(
         return None
     if chief and decided.action == "fresh":
         with guard.critical():
-            _start_fresh(checkpoint_dir, decided.record)
+            resume.start_fresh(checkpoint_dir, decided.record)
     keras.utils.set_random_seed(config.seed)
     trainer = Trainer(config, runtime, data)
     checkpoints = Checkpoints(trainer, output_dir)
@@ -868,54 +331,12 @@ def train(
         "global_batch_size": trainer.global_batch,
     }
     with guard.critical():
-        paths = _write_outputs(output_dir, trainer, history, metrics, predictions)
-        _write_atomic(
-            checkpoint_dir / resume.RECORD_NAME, resume.record_text(decided.record, finished=True)
-        )
+        test_set = (trainer.x_test, trainer.y_test)
+        paths = write_outputs(output_dir, trainer.model, test_set, history, metrics, predictions)
+        resume.mark_finished(checkpoint_dir, decided.record)
     tracker.artifacts(paths)
     tracker.end()
     return metrics
-
-
-def _write_outputs(
-    output_dir: Path,
-    trainer: Trainer,
-    history: list[dict[str, float]],
-    metrics: dict[str, Any],
-    predictions: np.ndarray,
-) -> list[Path]:
-    """The model, then metrics.json and the pictures; a write error names what failed and
-    that the last checkpoint can write them again."""
-    try:
-        save_model(trainer.model, output_dir / "model", example=trainer.x_test)
-        return write_reports(output_dir, history, metrics, trainer.y_test, predictions)
-    except _tf_write_error() as exc:
-        raise OutputError(
-            f"{describe_write_error(exc, 'the outputs in', output_dir)}. The checkpoint after "
-            f"the last epoch is intact: free space or fix the folder, then rerun the same "
-            "command to write the outputs from it (no epoch is trained again)."
-        ) from None
-
-
-def prepare_output_dir(path: Path) -> None:
-    """Create ``--output-dir`` and prove a file can be created in it, before TensorFlow loads."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in (path, *path.parents) if p.is_file()), path)
-        where = "is a file" if blocker == path else f"is under {blocker}, which is a file"
-        raise OutputError(
-            f"--output-dir {path} {where}, not a folder. Choose another --output-dir, or move "
-            f"{blocker} away."
-        ) from None
-    except OSError as exc:
-        raise OutputError(
-            f"--output-dir {path} cannot be used: "
-            f"{describe_write_error(exc, 'into', exc.filename or path)}. Choose a folder you can "
-            "write to (on Azure ML, the job's outputs folder)."
-        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,9 +106,10 @@ def test_global_batch_larger_than_the_data_is_a_usage_error():
     """Each replica's batch fits, the global batch (batch x replicas) does not."""
     import tensorflow as tf
 
+    from training.config import UsageError, parse_args
     from training.data import Mnist
     from training.distribute import MultiWorkerRuntime
-    from training.train import Trainer, UsageError, parse_args
+    from training.train import Trainer
 
     images = np.zeros((1_000, 28, 28), np.uint8)
     data = Mnist(images, np.zeros(1_000, np.uint8), images[:10], np.zeros(10, np.uint8), Path())
@@ -135,7 +136,8 @@ def test_two_replica_step_equals_one_replica_step_on_the_same_global_batch():
         tf.config.set_logical_device_configuration(cpu, two_cpus)
         from training.data import Mnist
         from training.runtime import Runtime
-        from training.train import Trainer, parse_args
+        from training.config import parse_args
+        from training.train import Trainer
 
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (800, 28, 28), dtype=np.uint8)
@@ -149,7 +151,9 @@ def test_two_replica_step_equals_one_replica_step_on_the_same_global_batch():
         one = Trainer(parse_args(common + ["--batch-size", "200", "--learning-rate", rate]),
                       Runtime("single", tf.distribute.get_strategy()), data)
         one.model.set_weights(two.model.get_weights())
-        losses = [float(t._step(iter(t._epoch_dataset(0)))[0]) for t in (two, one)]
+        def first_epoch(t):
+            return iter(t.runtime.epoch_dataset(t.examples, 0))
+        losses = [float(t._step(first_epoch(t))[0]) for t in (two, one)]
         def moments(trainer):
             return [v.numpy() for v in trainer.optimizer.variables
                     if "momentum" in v.path]

@@ -100,7 +100,8 @@ def test_horovod_launch_without_horovod_fails_with_a_clear_message(mnist_dir, tm
 def test_each_rank_trains_on_its_own_interleaved_shard():
     """Rank r of n trains on examples r, r+n, r+2n, ... of every epoch's data: the shards
     are disjoint, cover the data, and every rank runs the same number of steps."""
-    from training.train import Trainer, parse_args
+    from training.config import parse_args
+    from training.train import Trainer
 
     count, batch = 1_000, 50
     index = np.arange(count)
@@ -119,7 +120,8 @@ def test_each_rank_trains_on_its_own_interleaved_shard():
         trainer = Trainer(config, runtime, data)
         assert trainer.steps_per_epoch == count // (batch * NP)
         assert float(trainer.schedule.peak) == pytest.approx(config.learning_rate * NP**0.5)
-        batches = list(trainer._epoch_dataset(epoch=0).take(trainer.steps_per_epoch))
+        epoch = runtime.epoch_dataset(trainer.examples, epoch=0)
+        batches = list(epoch.take(trainer.steps_per_epoch))
         pixels = np.concatenate([np.rint(x.numpy()[:, :2] * 255) for x, _ in batches])
         seen[rank] = (pixels[:, 0] * 256 + pixels[:, 1]).astype(int)
         assert len(seen[rank]) == trainer.steps_per_epoch * batch

@@ -158,8 +158,9 @@ def single_runtime():
 
 
 def test_checkpoints_from_other_data_are_not_resumed(tmp_path):
+    from training.config import parse_args
     from training.resume import ResumeRefused
-    from training.train import parse_args, train
+    from training.train import train
 
     config = parse_args(
         ["--epochs", "2", "--batch-size", "100", "--no-tracking", "--output-dir", str(tmp_path)]
@@ -173,7 +174,8 @@ def test_checkpoints_from_other_data_are_not_resumed(tmp_path):
 
 
 def _trainer(config_args: list[str], data: Mnist):
-    from training.train import Trainer, parse_args
+    from training.config import parse_args
+    from training.train import Trainer
 
     return Trainer(parse_args([*config_args, "--no-tracking"]), single_runtime(), data)
 
@@ -184,7 +186,7 @@ def test_a_checkpoint_that_does_not_restore_everything_is_an_error(tmp_path, sav
     variable: anything less is a RestoreError, never a warning and a fresh model."""
     import tensorflow as tf
 
-    from training.train import Checkpoints, RestoreError
+    from training.checkpoints import Checkpoints, RestoreError
 
     data = tiny_mnist()
     args = ["--batch-size", "100", "--epochs", "2", "--output-dir", str(tmp_path)]

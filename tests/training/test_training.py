@@ -89,8 +89,10 @@ def assert_restore_gives_the_saved_state(out: Path, data, args: list[str]) -> No
     in it: every weight, both Adam slots of every weight, the step count and the epoch."""
     import tensorflow as tf
 
+    from training.checkpoints import Checkpoints
+    from training.config import parse_args
     from training.runtime import Runtime
-    from training.train import Checkpoints, Trainer, parse_args
+    from training.train import Trainer
 
     latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
     reader = tf.train.load_checkpoint(latest)

@@ -305,9 +305,10 @@ def test_a_worker_that_is_not_the_chief_writes_nothing_into_the_output_dir(
 
     import tensorflow as tf
 
+    from training.config import parse_args
     from training.distribute import MultiWorkerRuntime
     from training.horovod_runtime import HorovodRuntime
-    from training.train import parse_args, train
+    from training.train import train
 
     scratch = tmp_path / "scratch"
     scratch.mkdir()
