@@ -21,7 +21,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from scripts import UserError, azureml
+from scripts import UserError
+from scripts.azureml.errors import azure_errors, user_error
+from scripts.azureml.jobs import check_compute
+from scripts.azureml.workspace import Target, add_workspace_arguments, connect
 
 BATCH_DIR = Path(__file__).resolve().parents[1] / "serving" / "batch"
 ENDPOINT_SPEC = BATCH_DIR / "endpoint.yml"
@@ -54,7 +57,7 @@ def register(subparsers: Any) -> None:
     deploy.add_argument(
         "--dry-run", action="store_true", help="print the endpoint and deployment and stop"
     )
-    azureml.add_workspace_arguments(deploy, compute=False)
+    add_workspace_arguments(deploy, compute=False)
     deploy.set_defaults(func=cmd_batch_deploy)
 
     score = subparsers.add_parser(
@@ -105,7 +108,7 @@ def register(subparsers: Any) -> None:
     remote.add_argument(
         "--wait", action="store_true", help="follow the job and download its predictions"
     )
-    azureml.add_workspace_arguments(score, compute=False)
+    add_workspace_arguments(score, compute=False)
     score.set_defaults(func=cmd_batch_score)
 
 
@@ -220,7 +223,7 @@ def load_specs(*, endpoint: str | None = None, model: str | None = None) -> Batc
     return BatchSpecs(endpoint_spec, deployment)
 
 
-def cpu_cluster(args: argparse.Namespace, target: azureml.Target) -> str:
+def cpu_cluster(args: argparse.Namespace, target: Target) -> str:
     """--compute, else the stack's CPU cluster (from its outputs), else the spec's."""
     if args.batch_compute:
         return args.batch_compute
@@ -248,10 +251,10 @@ def cmd_batch_deploy(args: argparse.Namespace, *, credential: Any = None, **kwar
         print("---")
         specs.deployment.dump(sys.stdout)
         return 0
-    target, ml_client = azureml.connect(args, credential=credential, **kwargs)
+    target, ml_client = connect(args, credential=credential, **kwargs)
     compute = cpu_cluster(args, target)
-    with azureml.azure_errors(target):
-        azureml.check_compute(ml_client, replace(target, compute=compute))
+    with azure_errors(target):
+        check_compute(ml_client, replace(target, compute=compute))
         deployed = deploy(ml_client, specs, compute=compute, log=print)
     print(
         f"{specs.endpoint.name}: default deployment {specs.deployment.name} ({deployed}) on "
@@ -339,8 +342,8 @@ def score_on_azure(args: argparse.Namespace, *, credential: Any = None, **kwargs
         raise UserError(f"--output {output}: name a CSV file in a folder that exists")
     specs = load_specs(endpoint=args.endpoint)
     data = job_input(args.input)
-    target, ml_client = azureml.connect(args, credential=credential, **kwargs)
-    with azureml.azure_errors(target):
+    target, ml_client = connect(args, credential=credential, **kwargs)
+    with azure_errors(target):
         job = ml_client.batch_endpoints.invoke(
             endpoint_name=specs.endpoint.name,
             deployment_name=args.deployment,
@@ -355,9 +358,7 @@ def score_on_azure(args: argparse.Namespace, *, credential: Any = None, **kwargs
         try:
             ml_client.jobs.stream(job.name)
         except JobException as exc:  # the job failed: its error, in one line
-            print(
-                f"batch job {job.name} failed: {azureml.user_error(exc, target)}", file=sys.stderr
-            )
+            print(f"batch job {job.name} failed: {user_error(exc, target)}", file=sys.stderr)
             return 1
         status = str(getattr(ml_client.jobs.get(job.name).status, "value", ""))
         if status != "Completed":

@@ -26,7 +26,7 @@ _OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")  # a job's input/outp
 
 
 def register(subparsers: Any) -> None:
-    from scripts.azureml import add_workspace_arguments
+    from scripts.azureml.workspace import add_workspace_arguments
 
     run = subparsers.add_parser(
         "run",
@@ -79,7 +79,11 @@ def register(subparsers: Any) -> None:
     source = model.add_mutually_exclusive_group(required=True)
     source.add_argument("--job", type=_job_name, help="name of a finished Azure ML job")
     source.add_argument("--model-dir", type=Path, help="a local model folder (OUTPUT_DIR/model)")
-    model.add_argument("--name", default=None, help="model name (default: tf-mnist)")
+    model.add_argument(
+        "--name",
+        default=None,
+        help="model name (default: the model serving/deployment.yml deploys)",
+    )
     model.add_argument(
         "--output", type=_output_name, default="run", help="the job's output (default %(default)s)"
     )
@@ -195,7 +199,9 @@ def _check_destination(folder: Path) -> None:
 
 def cmd_submit(args: argparse.Namespace, *, credential: Any = None, **client_kwargs: Any) -> int:
     """``credential`` and ``client_kwargs`` (``transport=``) are for tests."""
-    from scripts.azureml import azure_errors, connect, prepare_job, resolve_target, submit_job
+    from scripts.azureml.errors import azure_errors
+    from scripts.azureml.jobs import prepare_job, submit_job
+    from scripts.azureml.workspace import connect, resolve_target
     from scripts.jobspec import dump_job, load_spec, parse_sets
 
     spec = load_spec(args.spec, parse_sets(args.sets))
@@ -218,21 +224,17 @@ def cmd_submit(args: argparse.Namespace, *, credential: Any = None, **client_kwa
 
 
 def cmd_register(args: argparse.Namespace, *, credential: Any = None, **client_kwargs: Any) -> int:
-    from scripts.azureml import (
-        MODEL_NAME,
-        azure_errors,
-        connect,
-        download_output,
-        model_tags,
-        register_model,
-    )
+    from scripts.azureml.assets import model_tags, register_model, registered_model_name
+    from scripts.azureml.errors import azure_errors
+    from scripts.azureml.jobs import download_output
+    from scripts.azureml.workspace import connect
 
     if args.model_dir is not None:
         model_tags(args.model_dir)  # a folder that is no model fails before any sign-in
     else:
         _check_destination(args.to / args.job)
+    name = args.name or registered_model_name()
     target, ml_client = connect(args, credential=credential, **client_kwargs)
-    name = args.name or MODEL_NAME
     with azure_errors(target):
         model_dir = args.model_dir
         if args.job:
@@ -252,7 +254,9 @@ def cmd_register(args: argparse.Namespace, *, credential: Any = None, **client_k
 
 
 def cmd_download(args: argparse.Namespace, *, credential: Any = None, **client_kwargs: Any) -> int:
-    from scripts.azureml import azure_errors, connect, download_output
+    from scripts.azureml.errors import azure_errors
+    from scripts.azureml.jobs import download_output
+    from scripts.azureml.workspace import connect
 
     _check_destination(args.to / args.job)
     target, ml_client = connect(args, credential=credential, **client_kwargs)
@@ -266,7 +270,9 @@ def cmd_download(args: argparse.Namespace, *, credential: Any = None, **client_k
 def cmd_register_data(
     args: argparse.Namespace, *, credential: Any = None, **client_kwargs: Any
 ) -> int:
-    from scripts.azureml import azure_errors, connect, register_data
+    from scripts.azureml.assets import register_data
+    from scripts.azureml.errors import azure_errors
+    from scripts.azureml.workspace import connect
 
     target, ml_client = connect(args, credential=credential, **client_kwargs)
     with azure_errors(target):

@@ -24,7 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scripts import UserError, azureml
+from scripts import UserError
+from scripts.azureml import workspace
+from scripts.azureml.errors import azure_errors
 
 DEFAULT_PORT = 5001
 DEFAULT_HOST = "127.0.0.1"
@@ -105,7 +107,7 @@ def register(subparsers: Any) -> None:
     deploy.add_argument(
         "--dry-run", action="store_true", help="print the deployment it would create and stop"
     )
-    azureml.add_workspace_arguments(deploy, compute=False)
+    workspace.add_workspace_arguments(deploy, compute=False)
     deploy.set_defaults(func=cmd_deploy)
 
     monitor = subparsers.add_parser(
@@ -125,7 +127,7 @@ def register(subparsers: Any) -> None:
         help="alert this address (repeatable; default: the stack's alertEmails)",
     )
     _add_data_folder(monitor)
-    azureml.add_workspace_arguments(monitor, compute=False)
+    workspace.add_workspace_arguments(monitor, compute=False)
     monitor.set_defaults(func=cmd_monitor)
 
     invoke = subparsers.add_parser(
@@ -145,7 +147,7 @@ def register(subparsers: Any) -> None:
     invoke.add_argument(
         "--no-code", action="store_true", help="MLflow request format (the no-code deployment)"
     )
-    azureml.add_workspace_arguments(invoke, compute=False)
+    workspace.add_workspace_arguments(invoke, compute=False)
     invoke.set_defaults(func=cmd_invoke)
 
 
@@ -266,7 +268,7 @@ def _apply_monitor(
     from scripts.endpoints import drift_schedule as schedule
 
     try:
-        with azureml.azure_errors(target):
+        with azure_errors(target):
             schedule.apply_monitor(
                 ml_client,
                 endpoint=endpoint,
@@ -298,11 +300,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             "--monitor and --sampling-rate need the data collector of serving/deployment.yml; "
             "the no-code deployment (--no-code) has none."
         )
-    target, ml_client = azureml.connect(args)
+    target, ml_client = workspace.connect(args)
     outputs = target.outputs  # None for a workspace named by the flags
     operations = _operations(ml_client, outputs)
     try:
-        with azureml.azure_errors(target):
+        with azure_errors(target):
             report = rollout.rollout(
                 ml_client,
                 endpoint_name=args.endpoint,
@@ -338,7 +340,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         endpoint = args.endpoint or rollout.deployment_for(specs.DEPLOYMENT_SPEC).endpoint_name
     except specs.SpecError as exc:
         raise UserError(str(exc)) from None
-    target, ml_client = azureml.connect(args)
+    target, ml_client = workspace.connect(args)
     emails = args.email
     if emails is None:
         emails = target.outputs.alert_emails if target.outputs is not None else ()
@@ -360,7 +362,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     max_batch = int(specs.server_settings().get("SCORING_MAX_BATCH", DEFAULT_MAX_BATCH))
     target = None
     if args.endpoint:
-        target, ml_client = azureml.connect(args)
+        target, ml_client = workspace.connect(args)
         post = client.remote_poster(ml_client, args.endpoint, args.deployment)
     else:
         url = args.url
@@ -369,7 +371,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
             return client.post_local(url, body)
 
     try:
-        with azureml.azure_errors(target):
+        with azure_errors(target):
             probabilities = client.score(images, post, max_batch=max_batch, no_code=args.no_code)
     except client.ClientError as exc:
         raise UserError(str(exc)) from None

@@ -11,7 +11,8 @@ import yaml
 from azure.ai.ml import load_component, load_data, load_environment, load_job
 
 from scripts import UserError
-from scripts.azureml import MODEL_NAME, staged_code
+from scripts.azureml.assets import registered_model_name
+from scripts.azureml.jobs import staged_code
 from scripts.jobspec import (
     DATA_SPECS_DIR,
     ENVIRONMENTS_DIR,
@@ -166,9 +167,25 @@ def test_the_training_image_pins_what_the_tests_run() -> None:
     assert {"mlflow", "azureml-mlflow", "keras", "numpy"} <= set(image)
 
 
-def test_the_registered_model_is_the_one_serving_deploys() -> None:
-    deployment = raw(REPO_ROOT / "serving" / "deployment.yml")
-    assert deployment["model"] == f"azureml:{MODEL_NAME}@latest"
+def test_models_are_registered_under_the_name_serving_deploys() -> None:
+    """serving/deployment.yml's `model:` names the model once: `register` (and the demo) read
+    it there; the no-code and batch deployments and the deploy workflow must say the same."""
+    assert registered_model_name() == "tf-mnist"
+    for spec in ("serving/mlflow-deployment.yml", "serving/batch/deployment.yml"):
+        assert raw(REPO_ROOT / spec)["model"] == "azureml:tf-mnist@latest", spec
+    workflow = raw(REPO_ROOT / ".github" / "workflows" / "deploy.yml")
+    assert workflow["env"]["MODEL_NAME"] == "tf-mnist"
+
+
+def test_the_model_name_follows_the_deployment_spec(tmp_path: Path) -> None:
+    spec = tmp_path / "deployment.yml"
+    text = (REPO_ROOT / "serving" / "deployment.yml").read_text()
+    spec.write_text(text.replace("azureml:tf-mnist@latest", "azureml:digits-cnn:3"))
+    assert registered_model_name(spec) == "digits-cnn"
+    (tmp_path / "model").mkdir()  # a model uploaded with the deployment: nothing registered
+    spec.write_text(text.replace("model: azureml:tf-mnist@latest", "model: {path: ./model}"))
+    with pytest.raises(UserError, match=r"not a registered model .* register --name"):
+        registered_model_name(spec)
 
 
 def test_azure_ml_uploads_only_the_training_package_as_the_jobs_code() -> None:

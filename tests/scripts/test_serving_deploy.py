@@ -332,7 +332,7 @@ def cli(monkeypatch, fake, ml_client):
     from azure.mgmt.monitor import MonitorManagementClient
 
     import scripts.__main__ as entry
-    import scripts.azureml
+    import scripts.azureml.workspace
     import scripts.infra
     import scripts.serving
     from infra.outputs import parse_stack_outputs
@@ -344,8 +344,9 @@ def cli(monkeypatch, fake, ml_client):
     stack_reads.clear()
     monkeypatch.setattr(entry, "COMMAND_MODULES", ("scripts.serving",))
     # the real choice between the flags and the stack, then the offline workspace's client
+    workspace = scripts.azureml.workspace
     monkeypatch.setattr(
-        scripts.azureml, "connect", lambda args: (scripts.azureml.resolve_target(args), ml_client)
+        workspace, "connect", lambda args: (workspace.resolve_target(args), ml_client)
     )
     monkeypatch.setattr(scripts.infra, "read_stack_outputs", read_stack_outputs)
 
@@ -468,7 +469,7 @@ def test_deploy_command_needs_all_three_workspace_flags(monkeypatch, capsys):
 def test_the_workspace_comes_from_the_pulumi_stack_by_default(monkeypatch):
     import argparse
 
-    import scripts.azureml
+    import scripts.azureml.workspace
     import scripts.infra
     from infra.outputs import OUTPUT_KEYS, parse_stack_outputs
 
@@ -489,7 +490,7 @@ def test_the_workspace_comes_from_the_pulumi_stack_by_default(monkeypatch):
 
     monkeypatch.setattr(scripts.infra, "read_stack_outputs", read)
     args = argparse.Namespace(stack="prod", subscription=None, resource_group=None, workspace=None)
-    target = scripts.azureml.resolve_target(args)
+    target = scripts.azureml.workspace.resolve_target(args)
     assert (target.subscription_id, target.resource_group, target.workspace_name) == (
         SUBSCRIPTION,
         "value-resourceGroupName",

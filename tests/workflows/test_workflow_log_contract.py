@@ -72,15 +72,15 @@ def test_train_reads_the_registered_model(workspace: FakeWorkspace, tmp_path: Pa
 
 
 def test_deploy_reads_the_endpoint_from_the_rollout_report(monkeypatch, capsys):
-    from scripts import azureml
+    from scripts.azureml import workspace as ml_workspace
     from scripts.endpoints import rollout
 
     report = rollout.RolloutReport(
         "mnist-digits", "green", "blue", {"green": 100}, [{"green": 10, "blue": 90}]
     )
     # A workspace without stack outputs: no Log Analytics or instance range to apply.
-    target = azureml.Target("sub", "rg", "ws", None, None, "the flags")
-    monkeypatch.setattr(azureml, "connect", lambda args: (target, object()))
+    target = ml_workspace.Target("sub", "rg", "ws", None, None, "the flags")
+    monkeypatch.setattr(ml_workspace, "connect", lambda args: (target, object()))
     monkeypatch.setattr(rollout, "rollout", lambda client, **kwargs: report)
     args = build_parser().parse_args(["deploy", "--model", "azureml:tf-mnist:3", "--stack", "dev"])
     assert args.func(args) == 0
