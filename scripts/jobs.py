@@ -167,8 +167,8 @@ def _seconds(text: str) -> float:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from scripts.jobspec import load_spec, local_plan, parse_sets
-    from scripts.localjob import run_plan
+    from scripts.jobspec import load_spec, parse_sets
+    from scripts.localjob import local_plan, run_plan
 
     plan = local_plan(load_spec(args.spec, parse_sets(args.sets)))
     result = run_plan(plan, outputs_root=args.outputs, job_name=args.name, timeout=args.timeout)

@@ -1,11 +1,11 @@
-"""Job specs (training/jobs/*.yml) as azure-ai-ml loads them, and what running one locally needs.
+"""Job specs (training/jobs/*.yml) as azure-ai-ml loads them, checked, with ``--set`` applied.
 
 Every job in ``training/jobs/`` is a one-step pipeline around one command component,
 ``training/jobs/components/train.yml`` (the only place that says what training runs: code,
 command, inputs, outputs, environment). A variant adds what differs: node count,
 ``distribution``, a hyperparameter search. Each file is a complete spec that ``az ml job
 create -f`` accepts, and this module loads it with azure-ai-ml's own ``load_job`` so the local
-runner and ``submit`` read the same object.
+runner (``scripts/localjob.py``) and ``submit`` read the same object.
 
 ``--set KEY=VALUE`` overrides work like the Azure CLI's ``--set`` (``params_override``), with
 one convenience: ``inputs.NAME`` addresses the input of the job's single step, and for a data
@@ -18,9 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import re
-import shlex
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +33,7 @@ DATA_SPECS_DIR = JOBS_DIR / "data"
 ENVIRONMENTS_DIR = REPO_ROOT / "training" / "environments"
 
 DATA_TYPES = frozenset({"uri_folder", "uri_file", "mltable", "mlflow_model", "custom_model"})
-_PLACEHOLDER = re.compile(r"\$\{\{\s*([A-Za-z_]+)\.([A-Za-z0-9_.]+)\s*\}\}")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
-_OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
 # azureml:NAME@LABEL, azureml:NAME:VERSION (the prefix is optional once the SDK has loaded it)
 _ASSET_REF = re.compile(
     r"^(?:azureml:)?(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(?P<label>\w+)|:(?P<version>[^:/]+))$"
@@ -106,9 +103,11 @@ def _load_job(path: Path, overrides: Sequence[dict[str, Any]] = (), sets: str = 
         return load_job(path, params_override=list(overrides))
     except (ValidationError, ValidationException) as exc:
         if sets:
-            raise UserError(f"{sets} makes {_rel(path)} invalid: {_first_error(exc)}") from None
+            raise UserError(
+                f"{sets} makes {display_path(path)} invalid: {_first_error(exc)}"
+            ) from None
         raise UserError(
-            f"{_rel(path)} is not a valid Azure ML job spec: {_first_error(exc)}"
+            f"{display_path(path)} is not a valid Azure ML job spec: {_first_error(exc)}"
         ) from None
 
 
@@ -121,7 +120,8 @@ def _first_error(exc: Exception) -> str:
     return " ".join(lines[:6])[:600]
 
 
-def _rel(path: Path) -> str:
+def display_path(path: Path) -> str:
+    """``path`` relative to the working folder when it is under it (for messages)."""
     try:
         return str(path.resolve().relative_to(Path.cwd()))
     except ValueError:
@@ -159,7 +159,9 @@ def _check_spec_file(path: Path) -> None:
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a job spec: name a file, e.g. {hint}")
     if not path.is_file():
-        raise UserError(f"no job spec at {path} (the specs are in {_rel(JOBS_DIR)}: {hint})")
+        raise UserError(
+            f"no job spec at {path} (the specs are in {display_path(JOBS_DIR)}: {hint})"
+        )
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
@@ -177,7 +179,7 @@ def _check_spec_file(path: Path) -> None:
         component = (path.parent / reference).resolve()
         if not component.is_file():
             raise UserError(
-                f"{_rel(path)}: step {step_name!r} runs the component file {reference}, "
+                f"{display_path(path)}: step {step_name!r} runs the component file {reference}, "
                 f"which does not exist at {component}: fix the path (relative to the spec)"
             )
 
@@ -213,8 +215,8 @@ def _single_step(job: Any, path: Path) -> str | None:
         return None
     if len(job.jobs) != 1:
         raise UserError(
-            f"{_rel(path)} has {len(job.jobs)} steps; these commands handle one-step pipelines "
-            "(one command or sweep node), like every spec in training/jobs/"
+            f"{display_path(path)} has {len(job.jobs)} steps; these commands handle one-step "
+            "pipelines (one command or sweep node), like every spec in training/jobs/"
         )
     return next(iter(job.jobs))
 
@@ -351,152 +353,6 @@ def local_asset_specs() -> dict[tuple[str, str], LocalAssetSpec]:
                 kind, str(raw["name"]), str(raw["version"]), path
             )
     return found
-
-
-# ---------------------------------------------------------------------------- local plan
-
-
-@dataclass
-class LocalPlan:
-    """What running a spec's step on this machine needs, resolved from the loaded spec."""
-
-    spec: Spec
-    command_template: str
-    code_dir: Path
-    inputs: dict[str, str | None]  # name -> value as the command gets it (None: unset)
-    outputs: list[str]
-    distribution: Any  # azure.ai.ml distribution object, or None
-    instance_count: int
-    environment_variables: dict[str, str]
-    experiment_name: str | None
-    notes: list[str] = field(default_factory=list)
-
-
-def local_plan(spec: Spec) -> LocalPlan:
-    """Resolve the step of ``spec`` for a local run (inputs, code folder, distribution)."""
-    if spec.kind == "sweep":
-        raise UserError(
-            f"{_rel(spec.path)} is a hyperparameter sweep, which only Azure ML runs "
-            "(`python -m scripts submit`); try one trial locally with e.g. "
-            "`python -m scripts run training/jobs/single.yml --set inputs.batch_size=128`"
-        )
-    step, component = spec.step, spec.component
-    source = component if component is not None else step
-    command = getattr(source, "command", None)
-    if not command:
-        raise UserError(f"{_rel(spec.path)}: the step has no command to run")
-    declared = dict(source.inputs or {})
-    notes: list[str] = []
-    inputs = {
-        name: _local_input(spec, name, declared.get(name), (step.inputs or {}).get(name), notes)
-        for name in set(declared) | set(step.inputs or {})
-    }
-    resources = getattr(step, "resources", None)
-    environment_variables = {
-        **{k: str(v) for k, v in (getattr(component, "environment_variables", None) or {}).items()},
-        **{k: str(v) for k, v in (getattr(step, "environment_variables", None) or {}).items()},
-    }
-    return LocalPlan(
-        spec=spec,
-        command_template=command,
-        code_dir=_code_dir(spec, source),
-        inputs=inputs,
-        outputs=sorted((source.outputs or {}).keys()),
-        distribution=getattr(step, "distribution", None),
-        instance_count=int(getattr(resources, "instance_count", None) or 1),
-        environment_variables=environment_variables,
-        experiment_name=getattr(spec.job, "experiment_name", None),
-        notes=notes,
-    )
-
-
-def _code_dir(spec: Spec, source: Any) -> Path:
-    code = getattr(source, "code", None)
-    if code is None:
-        raise UserError(f"{_rel(spec.path)}: the step has no `code` folder to run in")
-    if not isinstance(code, str | Path):
-        code = getattr(code, "path", code)
-    base = Path(getattr(source, "base_path", None) or spec.path.parent)
-    folder = (base / str(code)).resolve()
-    if not folder.is_dir():
-        raise UserError(f"{_rel(spec.path)}: its code folder {folder} does not exist")
-    return folder
-
-
-def _local_input(spec: Spec, name: str, declared: Any, bound: Any, notes: list[str]) -> str | None:
-    value = getattr(bound, "_data", bound)
-    if isinstance(value, str) and value.startswith("${{parent.inputs."):
-        parent = value.strip("${} ").split(".", 2)[2]
-        value = getattr(spec.job.inputs.get(parent), "_data", spec.job.inputs.get(parent))
-    optional = bool(getattr(declared, "optional", False))
-    if value is None:
-        value = getattr(declared, "default", None)
-    if value is None:
-        return None
-    if getattr(value, "type", None) in DATA_TYPES or hasattr(value, "path"):
-        return _local_data(spec, name, value, optional, notes)
-    if hasattr(value, "default") and not isinstance(value, str | int | float | bool):
-        value = value.default
-    return None if value is None else str(value)
-
-
-def _local_data(spec: Spec, name: str, value: Any, optional: bool, notes: list[str]) -> str | None:
-    raw = str(value.path or "")
-    local = Path(raw.removeprefix("file:")).expanduser()
-    if not local.is_absolute():
-        local = spec.path.parent / local
-    if local.exists():
-        return str(local.resolve())
-    remote = "://" in raw or parse_asset_ref("data", raw) is not None
-    if not remote:
-        raise UserError(f"inputs.{name}: {raw} does not exist on this machine")
-    if optional:
-        notes.append(
-            f"inputs.{name} is {raw!r} in the workspace; here the step runs without this "
-            "optional input (training then reads $MNIST_DATA_DIR or its download cache); "
-            f"--set inputs.{name}=FOLDER picks a local folder"
-        )
-        return None
-    raise UserError(
-        f"inputs.{name} is {raw!r}, which exists only in the workspace: "
-        f"pass a local copy with --set inputs.{name}=FOLDER"
-    )
-
-
-def render_command(
-    template: str, inputs: Mapping[str, str | None], outputs: Mapping[str, str]
-) -> str:
-    """The command with ``${{inputs.*}}``/``${{outputs.*}}`` filled in, as Azure ML fills it.
-
-    A ``$[[...]]`` block is kept only when every input it names has a value. Values are
-    shell-quoted (local paths may hold spaces). Raises ``UserError`` for a required input
-    without a value or a placeholder this runner does not know.
-    """
-
-    def block(match: re.Match[str]) -> str:
-        names = [
-            m.group(2) for m in _PLACEHOLDER.finditer(match.group(1)) if m.group(1) == "inputs"
-        ]
-        return match.group(1) if all(inputs.get(n) is not None for n in names) else ""
-
-    def value(match: re.Match[str]) -> str:
-        kind, name = match.group(1), match.group(2)
-        source = inputs if kind == "inputs" else outputs if kind == "outputs" else None
-        if source is None:
-            raise UserError(
-                f"the command uses ${{{{{kind}.{name}}}}}, which a local run cannot fill"
-            )
-        if name not in source:
-            raise UserError(
-                f"the command uses ${{{{{kind}.{name}}}}}, but the step has no {kind[:-1]} {name!r}"
-            )
-        text = source[name]
-        if text is None:
-            raise UserError(f"inputs.{name} is required: set it with --set inputs.{name}=VALUE")
-        return shlex.quote(text)
-
-    command = _OPTIONAL_BLOCK.sub(block, template)
-    return " ".join(_PLACEHOLDER.sub(value, command).split())
 
 
 def dump_job(job: Any) -> str:

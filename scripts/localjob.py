@@ -10,6 +10,9 @@ any process fails the others are stopped and its exit status is the run's.
 
 The local Python environment stands in for the spec's ``environment``: ``python`` in the
 command is the interpreter running this module.
+
+``local_plan`` resolves what that takes from a spec loaded by ``scripts/jobspec.py`` (the
+command, the inputs as local values, the code folder, the distribution); ``run_plan`` runs it.
 """
 
 from __future__ import annotations
@@ -17,16 +20,169 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from scripts import UserError
-from scripts.jobspec import LocalPlan, render_command
+from scripts.jobspec import DATA_TYPES, Spec, display_path, parse_asset_ref
 from scripts.launch import Task, horovod_tasks, run_tasks, tensorflow_tasks
+
+_PLACEHOLDER = re.compile(r"\$\{\{\s*([A-Za-z_]+)\.([A-Za-z0-9_.]+)\s*\}\}")
+_OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
+
+
+# ---------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class LocalPlan:
+    """What running a spec's step on this machine needs, resolved from the loaded spec."""
+
+    spec: Spec
+    command_template: str
+    code_dir: Path
+    inputs: dict[str, str | None]  # name -> value as the command gets it (None: unset)
+    outputs: list[str]
+    distribution: Any  # azure.ai.ml distribution object, or None
+    instance_count: int
+    environment_variables: dict[str, str]
+    experiment_name: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+def local_plan(spec: Spec) -> LocalPlan:
+    """Resolve the step of ``spec`` for a local run (inputs, code folder, distribution)."""
+    if spec.kind == "sweep":
+        raise UserError(
+            f"{display_path(spec.path)} is a hyperparameter sweep, which only Azure ML runs "
+            "(`python -m scripts submit`); try one trial locally with e.g. "
+            "`python -m scripts run training/jobs/single.yml --set inputs.batch_size=128`"
+        )
+    step, component = spec.step, spec.component
+    source = component if component is not None else step
+    command = getattr(source, "command", None)
+    if not command:
+        raise UserError(f"{display_path(spec.path)}: the step has no command to run")
+    declared = dict(source.inputs or {})
+    notes: list[str] = []
+    inputs = {
+        name: _local_input(spec, name, declared.get(name), (step.inputs or {}).get(name), notes)
+        for name in set(declared) | set(step.inputs or {})
+    }
+    resources = getattr(step, "resources", None)
+    environment_variables = {
+        **{k: str(v) for k, v in (getattr(component, "environment_variables", None) or {}).items()},
+        **{k: str(v) for k, v in (getattr(step, "environment_variables", None) or {}).items()},
+    }
+    return LocalPlan(
+        spec=spec,
+        command_template=command,
+        code_dir=_code_dir(spec, source),
+        inputs=inputs,
+        outputs=sorted((source.outputs or {}).keys()),
+        distribution=getattr(step, "distribution", None),
+        instance_count=int(getattr(resources, "instance_count", None) or 1),
+        environment_variables=environment_variables,
+        experiment_name=getattr(spec.job, "experiment_name", None),
+        notes=notes,
+    )
+
+
+def _code_dir(spec: Spec, source: Any) -> Path:
+    code = getattr(source, "code", None)
+    if code is None:
+        raise UserError(f"{display_path(spec.path)}: the step has no `code` folder to run in")
+    if not isinstance(code, str | Path):
+        code = getattr(code, "path", code)
+    base = Path(getattr(source, "base_path", None) or spec.path.parent)
+    folder = (base / str(code)).resolve()
+    if not folder.is_dir():
+        raise UserError(f"{display_path(spec.path)}: its code folder {folder} does not exist")
+    return folder
+
+
+def _local_input(spec: Spec, name: str, declared: Any, bound: Any, notes: list[str]) -> str | None:
+    value = getattr(bound, "_data", bound)
+    if isinstance(value, str) and value.startswith("${{parent.inputs."):
+        parent = value.strip("${} ").split(".", 2)[2]
+        value = getattr(spec.job.inputs.get(parent), "_data", spec.job.inputs.get(parent))
+    optional = bool(getattr(declared, "optional", False))
+    if value is None:
+        value = getattr(declared, "default", None)
+    if value is None:
+        return None
+    if getattr(value, "type", None) in DATA_TYPES or hasattr(value, "path"):
+        return _local_data(spec, name, value, optional, notes)
+    if hasattr(value, "default") and not isinstance(value, str | int | float | bool):
+        value = value.default
+    return None if value is None else str(value)
+
+
+def _local_data(spec: Spec, name: str, value: Any, optional: bool, notes: list[str]) -> str | None:
+    raw = str(value.path or "")
+    local = Path(raw.removeprefix("file:")).expanduser()
+    if not local.is_absolute():
+        local = spec.path.parent / local
+    if local.exists():
+        return str(local.resolve())
+    remote = "://" in raw or parse_asset_ref("data", raw) is not None
+    if not remote:
+        raise UserError(f"inputs.{name}: {raw} does not exist on this machine")
+    if optional:
+        notes.append(
+            f"inputs.{name} is {raw!r} in the workspace; here the step runs without this "
+            "optional input (training then reads $MNIST_DATA_DIR or its download cache); "
+            f"--set inputs.{name}=FOLDER picks a local folder"
+        )
+        return None
+    raise UserError(
+        f"inputs.{name} is {raw!r}, which exists only in the workspace: "
+        f"pass a local copy with --set inputs.{name}=FOLDER"
+    )
+
+
+def render_command(
+    template: str, inputs: Mapping[str, str | None], outputs: Mapping[str, str]
+) -> str:
+    """The command with ``${{inputs.*}}``/``${{outputs.*}}`` filled in, as Azure ML fills it.
+
+    A ``$[[...]]`` block is kept only when every input it names has a value. Values are
+    shell-quoted (local paths may hold spaces). Raises ``UserError`` for a required input
+    without a value or a placeholder this runner does not know.
+    """
+
+    def block(match: re.Match[str]) -> str:
+        names = [
+            m.group(2) for m in _PLACEHOLDER.finditer(match.group(1)) if m.group(1) == "inputs"
+        ]
+        return match.group(1) if all(inputs.get(n) is not None for n in names) else ""
+
+    def value(match: re.Match[str]) -> str:
+        kind, name = match.group(1), match.group(2)
+        source = inputs if kind == "inputs" else outputs if kind == "outputs" else None
+        if source is None:
+            raise UserError(
+                f"the command uses ${{{{{kind}.{name}}}}}, which a local run cannot fill"
+            )
+        if name not in source:
+            raise UserError(
+                f"the command uses ${{{{{kind}.{name}}}}}, but the step has no {kind[:-1]} {name!r}"
+            )
+        text = source[name]
+        if text is None:
+            raise UserError(f"inputs.{name} is required: set it with --set inputs.{name}=VALUE")
+        return shlex.quote(text)
+
+    command = _OPTIONAL_BLOCK.sub(block, template)
+    return " ".join(_PLACEHOLDER.sub(value, command).split())
+
+
+# ---------------------------------------------------------------------------- running it
 
 # distribution type -> function(plan, argv) -> the processes to start
 Launcher = Callable[[LocalPlan, list[str]], list[Task]]

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from scripts import UserError
-from scripts.jobspec import JOBS_DIR, load_spec, local_plan, parse_sets
+from scripts.jobspec import JOBS_DIR, load_spec, parse_sets
 from scripts.launch import horovod_tasks
-from scripts.localjob import run_plan
+from scripts.localjob import local_plan, run_plan
 from tests.local_jobs import scripts_run
 from training.distribute import parse_tf_config, promote_chief
 

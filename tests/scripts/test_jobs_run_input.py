@@ -9,8 +9,8 @@ import pytest
 
 from scripts import UserError
 from scripts.__main__ import main
-from scripts.jobspec import JOBS_DIR, load_spec, local_plan
-from scripts.localjob import run_plan
+from scripts.jobspec import JOBS_DIR, load_spec
+from scripts.localjob import local_plan, run_plan
 
 SINGLE = str(JOBS_DIR / "single.yml")
 

@@ -19,10 +19,9 @@ from scripts.jobspec import (
     JOBS_DIR,
     REPO_ROOT,
     load_spec,
-    local_plan,
     parse_sets,
-    render_command,
 )
+from scripts.localjob import local_plan, render_command
 
 JOB_SPECS = sorted(JOBS_DIR.glob("*.yml"))
 COMPONENT = JOBS_DIR / "components" / "train.yml"
