@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from scripts.__main__ import build_parser
-from tests.azure_fakes import EntraIdCredential
-from tests.scripts.jobs_fake_azure import FakeWorkspace
+from tests.azure_fakes import EntraIdCredential, FakeWorkspace
 from tests.workflows.workflow_files import ROOT, load_workflows
 from training.data import MIRRORS
 
@@ -48,7 +47,7 @@ def workspace(monkeypatch: pytest.MonkeyPatch) -> FakeWorkspace:
 def run(fake: FakeWorkspace, *argv: str) -> int:
     flags = ["--subscription", fake.subscription, "--resource-group", fake.resource_group]
     args = build_parser().parse_args([*argv, *flags, "--workspace", fake.workspace])
-    return args.func(args, credential=EntraIdCredential(), transport=fake)
+    return args.func(args, credential=EntraIdCredential(), transport=fake.transport())
 
 
 def test_train_reads_the_submitted_job_name(workspace: FakeWorkspace, capsys):
