@@ -4,9 +4,10 @@ The folder (``OUTPUT_DIR/model``) is the contract between training and serving. 
 
 - ``MLmodel`` with the ``tensorflow`` and ``python_function`` flavors and a tensor signature
   read from the model itself (``model.inputs[0]``, ``model.outputs[0]``: for the MNIST DNN
-  ``float32[-1, 784] -> float32[-1, 10]``), unnamed, so Azure ML's no-code deployment takes
-  ``{"input_data": [[784 numbers], ...]}``;
-- an input example (a few real images, ``input_example.json`` and
+  ``float32[-1, 784] -> float32[-1, 10]``, for the CNN ``float32[-1, 28, 28, 1] ->
+  float32[-1, 10]``), unnamed, so Azure ML's no-code deployment takes
+  ``{"input_data": [input, ...]}``, each input in the model's own shape;
+- an input example (a few real images in the model's input shape, ``input_example.json`` and
   ``serving_input_example.json``);
 - ``requirements.txt``, ``conda.yaml`` and ``python_env.yaml`` pinned to what loads it;
 - ``data/model.keras``, and no pickled Python objects: it loads with MLflow and TensorFlow

@@ -104,6 +104,34 @@ def test_signature_and_example_are_read_from_the_model(tmp_path):
     assert set(files_of(out)) == MODEL_FILES
 
 
+def test_an_image_models_signature_and_example_keep_its_image_shape(tmp_path):
+    """A 6x6x1 convolutional model (the CNN's kind of input): both writers record
+    [-1, 6, 6, 1] -> [-1, 3] and an input example of 6x6x1 images."""
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(6, 6, 1)),
+            keras.layers.Conv2D(2, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    images = np.random.default_rng(2).random((4, 6, 6, 1)).astype(np.float32)
+    export.write_with_mlflow(model, tmp_path / "mlflow", images)
+    export.write_without_mlflow(model, tmp_path / "manual", images)
+    for folder in ("mlflow", "manual"):
+        meta = mlmodel(tmp_path / folder)
+        assert meta["signature"]["inputs"] == (
+            '[{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 6, 6, 1]}}]'
+        ), folder
+        assert meta["signature"]["outputs"] == (
+            '[{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 3]}}]'
+        ), folder
+        example = json.loads((tmp_path / folder / "input_example.json").read_text())
+        np.testing.assert_array_equal(np.asarray(example, np.float32), images[:2])
+
+
 def test_an_example_of_the_wrong_shape_is_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(export.ModelExportError, match=r"input example has shape \(2, 7\)"):
         export.save_model(tiny_model(12), tmp_path / "model", example=np.zeros((2, 7)))
@@ -114,7 +142,8 @@ def test_the_training_package_registers_nothing_that_mlflow_would_pickle(tmp_pat
     """Importing the model module (as training does) must leave Keras' global registry
     empty: MLflow pickles whatever is in it beside the model, and loading that pickle needs
     this repository (``ModuleNotFoundError: No module named 'training'`` on a deployment)."""
-    import training.model  # noqa: F401  (registers at import, if anything does)
+    # The registry and the schedule the Trainer imports (they register at import, if anything).
+    from training import model, schedule  # noqa: F401
 
     out = export.save_model(tiny_model(), tmp_path / "model", example=np.zeros((1, 12)))
     assert not list(out.rglob("*.cloudpickle"))
@@ -314,9 +343,9 @@ import gzip, importlib.util, json, sys
 import numpy as np
 assert importlib.util.find_spec("training") is None, "the repository is importable"
 import mlflow.pyfunc, mlflow.tensorflow
-model_dir, mnist = sys.argv[1], sys.argv[2]
+model_dir, mnist, shape = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 with gzip.open(mnist + "/t10k-images-idx3-ubyte.gz") as f:
-    x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784).astype(np.float32) / 255
+    x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, *shape).astype(np.float32) / 255
 with gzip.open(mnist + "/t10k-labels-idx1-ubyte.gz") as f:
     y = np.frombuffer(f.read(), np.uint8, offset=8)
 pyfunc = mlflow.pyfunc.load_model(model_dir)
@@ -335,9 +364,13 @@ print("RESULT " + json.dumps({
 """
 
 
-def load_in_clean_process(model_dir: Path, mnist_dir: Path, tmp_path: Path) -> dict:
+def load_in_clean_process(
+    model_dir: Path, mnist_dir: Path, tmp_path: Path, image_shape: tuple[int, ...] = (784,)
+) -> dict:
+    """MLflow's two loaders score the MNIST test images, given to the model as ``image_shape``."""
+    command = [sys.executable, "-I", "-c", LOAD_AND_SCORE, str(model_dir), str(mnist_dir.resolve())]
     result = subprocess.run(
-        [sys.executable, "-I", "-c", LOAD_AND_SCORE, str(model_dir), str(mnist_dir.resolve())],
+        [*command, json.dumps(image_shape)],
         cwd=tmp_path,
         env=clean_env(),
         capture_output=True,
