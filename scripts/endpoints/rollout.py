@@ -150,8 +150,7 @@ class _Rollout:
         ml_client: MLClient,
         *,
         endpoint: OnlineEndpoint,
-        deployment_spec: Path,
-        model: str | None,
+        deployment: ManagedOnlineDeployment,
         no_code: bool,
         steps: Sequence[int],
         step_wait_s: float,
@@ -165,8 +164,7 @@ class _Rollout:
         self.client = ml_client
         self.endpoint_spec = endpoint
         self.name = endpoint.name
-        self.deployment_spec = deployment_spec
-        self.model = model
+        self.deployment = deployment
         self.no_code = no_code
         self.steps = list(steps)
         self.step_wait_s = step_wait_s
@@ -189,7 +187,8 @@ class _Rollout:
             return self.client.online_endpoints.begin_create_or_update(self.endpoint_spec).result()
 
     def _environment(self) -> str:
-        """The registered scoring environment, created when this version is new."""
+        """The registered scoring environment, created when this version is new: ``NAME:VERSION``
+        (a deployment's ``environment`` as azure-ai-ml's loader writes it)."""
         from azure.core.exceptions import ResourceNotFoundError
 
         environment = specs.load_serving_environment()
@@ -206,7 +205,7 @@ class _Rollout:
                     f"{specs.ENVIRONMENT_SPEC.relative_to(specs.SERVING_DIR.parent)}: bump its "
                     "version there (Azure ML environment versions cannot change)."
                 )
-        return f"azureml:{reference}"
+        return reference
 
     def _set_traffic(self, traffic: dict[str, int]) -> None:
         endpoint = self.client.online_endpoints.get(self.name)
@@ -334,14 +333,10 @@ class _Rollout:
         endpoint = self._endpoint()
         old = _live_colour(endpoint.traffic or {})
         new = next_colour(old)
-        environment = None if self.no_code else self._environment()
-        deployment = specs.load_deployment(
-            self.deployment_spec,
-            name=new,
-            endpoint_name=self.name,
-            model=self.model,
-            environment=environment,
-        )
+        deployment = self.deployment  # the spec, loaded once: this rollout makes it the new colour
+        deployment.name = new
+        if not self.no_code:
+            deployment.environment = self._environment()
         self._configure(deployment)
         report = RolloutReport(self.name, new, old, dict(endpoint.traffic or {}))
         report.scoring_uri = endpoint.scoring_uri
@@ -410,16 +405,22 @@ def rollout(
             f"Traffic steps {steps} must rise within 1-100 and end at 100, e.g. 10 50 100."
         )
     spec = specs.MLFLOW_DEPLOYMENT_SPEC if no_code else specs.DEPLOYMENT_SPEC
-    check_sampling_rate(sampling_rate, spec)
-    endpoint = specs.load_endpoint(endpoint_name or _spec_endpoint_name(spec))
-    problems = specs.check_deployment(specs.load_deployment(spec))
+    check_sampling_rate(sampling_rate)
+    # loaded once: checked here, then made the new colour by the rollout
+    deployment = deployment_for(spec, endpoint_name=endpoint_name, model=model)
+    if sampling_rate is not None and deployment.data_collector is None:
+        raise RolloutError(
+            f"{spec.name} has no data_collector, so there is nothing to sample: leave out the "
+            "sampling rate, or add a data_collector section to the spec."
+        )
+    endpoint = specs.load_endpoint(str(deployment.endpoint_name))
+    problems = specs.check_deployment(deployment)
     if problems:
         raise RolloutError(f"{spec.name} is inconsistent: " + " ".join(problems))
     return _Rollout(
         ml_client,
         endpoint=endpoint,
-        deployment_spec=spec,
-        model=model,
+        deployment=deployment,
         no_code=no_code,
         steps=steps,
         step_wait_s=step_wait_s,
@@ -432,27 +433,16 @@ def rollout(
     ).run()
 
 
-def check_sampling_rate(rate: float | None, spec: Path = specs.DEPLOYMENT_SPEC) -> None:
-    """RolloutError unless ``rate`` is None or a share in (0, 1] for a spec that collects."""
-    if rate is None:
-        return
-    if not 0 < rate <= 1:
+def check_sampling_rate(rate: float | None) -> None:
+    """RolloutError unless ``rate`` is None or a share in (0, 1]."""
+    if rate is not None and not 0 < rate <= 1:
         raise RolloutError(
             f"Sampling rate {rate:g} must be above 0 and at most 1 (the share of requests whose "
             "inputs and outputs the data collector keeps), e.g. 0.1."
         )
-    if specs.load_deployment(spec).data_collector is None:
-        raise RolloutError(
-            f"{spec.name} has no data_collector, so there is nothing to sample: leave out the "
-            "sampling rate, or add a data_collector section to the spec."
-        )
-
-
-def _spec_endpoint_name(spec: Path) -> str:
-    """The endpoint a deployment spec names (endpoint.yml's, or its -mlflow sibling)."""
-    return str(specs.load_deployment(spec).endpoint_name)
 
 
 def deployment_for(spec: Path, **overrides: Any) -> ManagedOnlineDeployment:
-    """The deployment ``rollout`` would create (for --dry-run and the tests)."""
+    """The deployment ``rollout`` would create, as loaded before it becomes blue or green
+    (``rollout`` loads it once with this; --dry-run prints it)."""
     return specs.load_deployment(spec, **overrides)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -380,9 +381,23 @@ def test_deploy_command_rolls_out(fake, cli, capsys):
     assert stack_reads == [None]  # the selected stack, read once for workspace and monitoring
 
 
-def test_deploy_command_applies_the_stack_s_instance_range_and_log_analytics(fake, cli, capsys):
+def test_deploy_command_applies_the_stack_s_instance_range_and_log_analytics(
+    fake, cli, capsys, monkeypatch
+):
+    import azure.ai.ml
+
+    loaded: list[str] = []  # each deployment spec azure-ai-ml's loader reads
+    real_loader = azure.ai.ml.load_online_deployment
+
+    def counting_loader(source, **kwargs):
+        loaded.append(Path(source).name)
+        return real_loader(source, **kwargs)
+
+    monkeypatch.setattr(azure.ai.ml, "load_online_deployment", counting_loader)
     fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
     assert cli(["deploy", "--steps", "100", "--step-wait", "0", "--sampling-rate", "0.5"]) == 0
+    # one load per deploy: checked (sampling rate, consistency), named, then made green
+    assert loaded == ["deployment.yml"]
     out = capsys.readouterr().out
     assert "Autoscale: green runs 2 to 6 instances" in out
     (autoscale,) = fake.autoscale_settings.values()
