@@ -67,13 +67,13 @@ class Result:
 
 def _images(n: int) -> tuple[np.ndarray, str]:
     """``n`` images scaled to [0, 1]: MNIST test digits if available, else random pixels."""
-    if os.environ.get("MNIST_DATA_DIR"):
-        from training.data import load_mnist
+    from training.data import COLS, ROWS, load_mnist
 
-        data = load_mnist()
-        return data.x_test[:n].reshape(n, 784) / 255.0, "MNIST test digits"
+    if os.environ.get("MNIST_DATA_DIR"):
+        return load_mnist().x_test[:n].reshape(n, -1) / 255.0, "MNIST test digits"
     rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (n, 784)) / 255.0, "random pixels (MNIST_DATA_DIR not set)"
+    pixels = rng.integers(0, 256, (n, ROWS * COLS)) / 255.0
+    return pixels, "random pixels (MNIST_DATA_DIR not set)"
 
 
 def _model_dir(requested: str | None, work: Path) -> Path:

@@ -140,14 +140,15 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def load_test_images(data_folder: str | None, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``count`` MNIST test images (784 values in [0, 1]) and their labels."""
+    """The first ``count`` MNIST test images (each flat, values in [0, 1]) and their labels."""
     from training.data import DataError, load_mnist
 
     try:
         data = load_mnist(data_folder)
     except DataError as exc:
         raise UserError(str(exc)) from None
-    return data.x_test[:count].reshape(-1, 784) / 255.0, data.y_test[:count]
+    images = data.x_test[:count]
+    return images.reshape(len(images), -1) / 255.0, data.y_test[:count]
 
 
 def mlflow_uri() -> str:
@@ -161,19 +162,20 @@ def register_locally(model_dir: Path, metrics: dict) -> tuple[str, str]:
     and framework tags that ``python -m scripts register`` gives it in the workspace."""
     import mlflow
 
-    from scripts.azureml import MODEL_NAME, model_tags
+    from scripts.azureml.assets import model_tags, registered_model_name
 
+    name = registered_model_name()
     client = mlflow.MlflowClient()
     try:
-        client.get_registered_model(MODEL_NAME)
+        client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        client.create_registered_model(MODEL_NAME)
+        client.create_registered_model(name)
     version = client.create_model_version(
-        MODEL_NAME,
+        name,
         source=str(model_dir),
         tags={**model_tags(model_dir), "test_accuracy": f"{metrics['test_accuracy']:.4f}"},
     )
-    return MODEL_NAME, version.version
+    return name, version.version
 
 
 def serve_and_score(

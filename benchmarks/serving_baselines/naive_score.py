@@ -20,7 +20,8 @@ def init():
 
 
 def run(raw_data):
-    data = np.array(json.loads(raw_data)["data"], dtype=np.float32).reshape(-1, 784)
+    data = np.array(json.loads(raw_data)["data"], dtype=np.float32)
+    data = data.reshape(-1, *model.input_shape[1:])
     probabilities = model.predict(data)
     return {
         "predictions": probabilities.argmax(axis=1).tolist(),

@@ -1,9 +1,11 @@
 """Score a file of images against a local server or an Azure ML endpoint (client side).
 
 ``python -m scripts invoke`` uses this. Files: ``.npy`` (uint8 0-255 pixels, scaled here, or
-floats already in [0, 1]; shape ``(n, 784)``, ``(n, 28, 28)`` or one image) or ``.json``
-(``{"data": [...]}``, optionally with ``"labels"``, like ``serving/sample-digits.json``, or a
-bare list of images). Batches larger than the endpoint's limit are sent in pieces.
+floats already in [0, 1]; MNIST images flat or as rows, ``(n, 784)`` or ``(n, 28, 28)``, or one
+image) or ``.json`` (``{"data": [...]}``, optionally with ``"labels"``, like
+``serving/sample-digits.json``, or a bare list of images). Images are sent flat; their size is
+the data's (``training.data``), checked here the way the server checks it. Batches larger than
+the endpoint's limit are sent in pieces.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.code.predictor import PIXELS, RANGE_HINT, SIDE, BadRequest, as_batch
+from serving.code.predictor import RANGE_HINT, BadRequest, ImageFormat, as_batch
+from training.data import COLS, ROWS
 
 
 class ClientError(Exception):
@@ -29,19 +32,25 @@ class ClientError(Exception):
 
 @dataclass(frozen=True)
 class Images:
-    pixels: np.ndarray  # float32 (n, 784) in [0, 1]
+    pixels: np.ndarray  # float32 (n, pixels) in [0, 1], each image flat
     labels: np.ndarray | None  # int (n,) when the file has them
 
 
+def _image_format() -> ImageFormat:
+    """The images this client sends: MNIST's, as training's data code reads them."""
+    return ImageFormat((ROWS, COLS))
+
+
 def _from_array(array: np.ndarray, source: Path) -> np.ndarray:
-    if array.shape in ((PIXELS,), (SIDE, SIDE)):
+    form = _image_format()
+    if array.shape in (form.flat, form.image):
         array = array[np.newaxis]
-    if array.ndim == 3 and array.shape[1:] == (SIDE, SIDE):
-        array = array.reshape(len(array), PIXELS)
-    if array.ndim != 2 or array.shape[1] != PIXELS or len(array) == 0:
+    if array.ndim == 3 and array.shape[1:] == form.image:
+        array = array.reshape(len(array), form.pixels)
+    if array.ndim != 2 or array.shape[1] != form.pixels or len(array) == 0:
         raise ClientError(
             f"{source} holds an array of shape {array.shape}; expected images of shape "
-            f"(n, {PIXELS}) or (n, {SIDE}, {SIDE})."
+            f"(n, {form.pixels}) or (n, {ROWS}, {COLS})."
         )
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
@@ -82,9 +91,10 @@ def read_images(path: str | os.PathLike[str]) -> Images:
     if not isinstance(raw, list) or not raw:
         raise ClientError(f"{source} holds no list of images.")
     try:
-        pixels = as_batch(raw)
+        images = as_batch(raw, _image_format())
     except BadRequest as exc:
         raise ClientError(f"{source}: {exc.message}") from None
+    pixels = images.reshape(len(images), -1)
     label_array = None
     if labels is not None:
         label_array = np.asarray(labels, dtype=np.int64)
@@ -156,7 +166,7 @@ def score(
     max_batch: int,
     no_code: bool = False,
 ) -> np.ndarray:
-    """Probabilities ``(n, 10)`` for all images, in requests of at most ``max_batch``."""
+    """Probabilities ``(n, classes)`` for all images, in requests of at most ``max_batch``."""
     from scripts.endpoints.rollout import probabilities_from_response
 
     parts = []

@@ -28,7 +28,6 @@ SCHEDULE_SPEC = (
     Path(__file__).resolve().parents[2] / "serving" / "monitoring" / "prediction-drift.yml"
 )
 SIGNAL = "prediction-drift"
-CLASSES = 10
 MLTABLE = f"""\
 $schema: https://azuremlschemas.azureedge.net/latest/MLTable.schema.json
 type: mltable
@@ -52,12 +51,15 @@ class MonitorError(Exception):
 
 def write_reference_table(labels: np.ndarray, folder: Path) -> Path:
     """``folder`` as an MLTable of the training labels: ``MLTable`` and ``labels.csv``."""
+    from training.model import NUM_CLASSES  # the classes the models predict
+
     labels = np.asarray(labels)
     if labels.ndim != 1 or not labels.size:
         raise MonitorError(f"Expected a list of training labels, got shape {labels.shape}.")
-    if labels.min() < 0 or labels.max() >= CLASSES:
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
         raise MonitorError(
-            f"Training labels must be digits 0-{CLASSES - 1}, found {labels.min()}-{labels.max()}."
+            f"Training labels must be classes 0-{NUM_CLASSES - 1}, found "
+            f"{labels.min()}-{labels.max()}."
         )
     folder.mkdir(parents=True, exist_ok=True)
     rows = "\n".join(str(int(label)) for label in labels)

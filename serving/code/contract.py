@@ -5,13 +5,13 @@ azmlinfsrv's generated OpenAPI document (Swagger 2.0 or OpenAPI 3.x) with what `
 really accepts and returns, from the shapes of the loaded model and the batch limit:
 
 - request ``{"data": [image, ...]}``: ``data`` required and the only key, 1 to ``max_batch``
-  images, each ``pixels`` numbers or ``side`` lists of ``side`` numbers (all images of one
+  images, each ``pixels`` numbers or ``rows`` lists of ``columns`` numbers (all images of one
   request in one of the two forms), every number in [0, 1];
 - response 200 ``{"predictions": [int], "probabilities": [[classes numbers in [0, 1]]]}``;
 - 400, 408 and 413 (and 405 for other methods): ``{"error": {"code": str, "message": str}}``.
 
-Swagger 2.0 has no ``oneOf``: its document states the flat form, the one in the model's
-signature, and names the other in its description; OpenAPI 3 states both exactly.
+Swagger 2.0 has no ``oneOf``: its document states the flat form, which every model takes
+whatever its input shape, and names the other in its description; OpenAPI 3 states both exactly.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ ERROR_STATUSES = {
 
 @dataclass(frozen=True)
 class Shapes:
-    """What one request may hold: from the model (pixels, side, classes) and the deployment."""
+    """What one request may hold: from the model (pixels, image, classes) and the deployment."""
 
     pixels: int
-    side: int | None  # images may also be sent as `side` rows of `side` numbers
+    image: tuple[int, int] | None  # images may also be sent as `rows` lists of `columns` numbers
     classes: int
     max_batch: int
 
@@ -46,16 +46,17 @@ def _list(items: dict[str, Any], low: int, high: int) -> dict[str, Any]:
 
 
 def _batches(shapes: Shapes) -> list[dict[str, Any]]:
-    """One batch schema per image form: flat first, then rows when the image is square."""
+    """One batch schema per image form: flat first, then rows when the image has them."""
     flat = _list(_pixel(), shapes.pixels, shapes.pixels)
     forms = [flat]
-    if shapes.side:
-        forms.append(_list(_list(_pixel(), shapes.side, shapes.side), shapes.side, shapes.side))
+    if shapes.image:
+        rows, columns = shapes.image
+        forms.append(_list(_list(_pixel(), columns, columns), rows, rows))
     return [_list(form, 1, shapes.max_batch) for form in forms]
 
 
 def _description(shapes: Shapes) -> str:
-    rows = f" or {shapes.side} lists of {shapes.side} numbers" if shapes.side else ""
+    rows = f" or {shapes.image[0]} lists of {shapes.image[1]} numbers" if shapes.image else ""
     return (
         f"A batch of 1 to {shapes.max_batch} images (SCORING_MAX_BATCH), each {shapes.pixels} "
         f"numbers{rows}, all in one form; pixels scaled to [0, 1]."

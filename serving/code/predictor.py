@@ -4,12 +4,16 @@ Plain Python over numpy and TensorFlow, with no web server in sight: ``score.py`
 ``azmlinfsrv``; the tests and the benchmark use it directly.
 
 The model is the folder that training writes (the training contract): an MLflow model
-directory whose Keras model is ``data/model.keras``, taking float32 ``[-1, 784]`` pixels scaled
-to [0, 1] and returning float32 ``[-1, 10]`` softmax probabilities.
+directory whose Keras model is ``data/model.keras`` and whose ``MLmodel`` signature publishes
+its shapes: float32 images scaled to [0, 1] in (``[-1, 784]`` for the DNN, ``[-1, 28, 28, 1]``
+for the CNN), float32 ``[-1, classes]`` softmax probabilities out. Nothing here knows those
+numbers: :class:`ModelContract` reads them from the signature and checks that the Keras model
+agrees. Requests send each image flat (all its pixels) or as rows of pixels, whatever the
+model's own input shape; the images are reshaped to it.
 
 Speed: the model is called through concrete TensorFlow functions traced once, for a
-``[None, 784]`` float32 input and (XLA-compiled) for a single image: no retracing, no Keras
-``predict`` machinery per call. A plain Dense stack, like the trained DNN, runs its own
+``[None, *input shape]`` float32 input and (XLA-compiled) for a single image: no retracing, no
+Keras ``predict`` machinery per call. A plain Dense stack, like the trained DNN, runs its own
 weights as numpy products instead, checked against the TensorFlow function at load. JSON is
 read and written with orjson when it is installed. A well-formed request is checked with a few
 vectorised numpy operations; the slow, element-by-element walk only runs to explain what is
@@ -22,6 +26,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +37,12 @@ try:  # optional: the standard library reads and writes the same JSON, several t
 except ImportError:
     orjson = None
 
-PIXELS = 784
-SIDE = 28
-CLASSES = 10
 MODEL_FILE = Path("data") / "model.keras"  # inside the model folder, per the training contract
+SIGNATURE_FILE = "MLmodel"  # beside data/: its signature publishes the model's shapes
 DEFAULT_MAX_BATCH = 512
-# Upper bound on the JSON text of one image (784 numbers written with full float precision and
-# generous whitespace); bodies above max_batch times this are refused before they are read.
-MAX_BYTES_PER_IMAGE = PIXELS * 32
+# Upper bound on the JSON text of one pixel (a number written with full float precision and
+# generous whitespace); bodies above max_batch images of these are refused before they are read.
+MAX_BYTES_PER_PIXEL = 32
 REQUEST_EXAMPLE = '{"data": [[0.0, 0.0, ..., 0.0]]}'  # used in messages
 
 
@@ -111,6 +114,126 @@ def find_model_dir(path: str | os.PathLike[str] | None) -> Path:
     )
 
 
+# --------------------------------------------------------------------------- the contract
+
+Shape = tuple[int, ...]
+TRAIN_HINT = "Serve a model folder written by `python -m training.train`."
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """The images a request may send: ``input_shape`` is one image as the model's input tensor
+    holds it, batch axis left out (``(784,)`` for the DNN, ``(28, 28, 1)`` for the CNN).
+
+    A request sends each image as ``pixels`` numbers or, where the image has rows, as
+    ``image[0]`` lists of ``image[1]`` numbers (a flat square input is taken as a square image);
+    either form is reshaped to ``input_shape``.
+    """
+
+    input_shape: Shape
+
+    @cached_property
+    def pixels(self) -> int:
+        return math.prod(self.input_shape)
+
+    @cached_property
+    def flat(self) -> Shape:
+        """One image sent flat: ``(pixels,)``."""
+        return (self.pixels,)
+
+    @cached_property
+    def image(self) -> tuple[int, int] | None:
+        """One image sent as rows: ``(rows, columns)``; None for a flat input that is not square."""
+        if len(self.input_shape) > 1:
+            return self.input_shape[0], self.input_shape[1]
+        side = math.isqrt(self.pixels)
+        return (side, side) if side * side == self.pixels else None
+
+
+@dataclass(frozen=True)
+class ModelContract(ImageFormat):
+    """What the model takes and returns: its images (:class:`ImageFormat`) and ``classes``, the
+    length of its probability vector. :meth:`DigitClassifier.load` reads them from the model
+    folder's MLmodel signature, the contract that training publishes with the model."""
+
+    classes: int
+
+    @classmethod
+    def from_shapes(
+        cls, inputs: tuple[Any, ...], outputs: tuple[Any, ...], where: str
+    ) -> ModelContract:
+        """The contract of a model mapping ``inputs`` to ``outputs`` (batch axis first, as
+        ``-1`` or None), or :class:`ModelLoadError` for shapes that are not images to classes."""
+        shown = f"{_shown(inputs)} to {_shown(outputs)}"
+        dims = tuple(inputs[1:])
+        image = len(dims) in (1, 2) or (len(dims) == 3 and dims[2] == 1)
+        if not (inputs and inputs[0] in (-1, None) and image and _positive(dims)):
+            raise ModelLoadError(
+                f"The model in {where} maps {shown}; the server takes grayscale images: input "
+                f"(-1, pixels), (-1, rows, columns) or (-1, rows, columns, 1). {TRAIN_HINT}"
+            )
+        if not (len(outputs) == 2 and outputs[0] in (-1, None) and _positive(outputs[1:])):
+            raise ModelLoadError(
+                f"The model in {where} maps {shown}; the server answers class probabilities: "
+                f"output (-1, classes). {TRAIN_HINT}"
+            )
+        return cls(tuple(int(d) for d in dims), int(outputs[1]))
+
+
+def _positive(dims: tuple[Any, ...]) -> bool:
+    return all(type(d) is int and d > 0 for d in dims)
+
+
+def _shown(shape: tuple[Any, ...]) -> str:
+    return "(" + ", ".join("-1" if d is None else str(d) for d in shape) + ")"
+
+
+def _signature_tensor(entry: Any, side: str, path: Path) -> tuple[Any, ...]:
+    """The shape of the one float32 tensor that a signature's ``inputs`` or ``outputs`` holds."""
+    try:
+        (spec,) = json.loads(entry)
+        shape, dtype = tuple(spec["tensor-spec"]["shape"]), spec["tensor-spec"]["dtype"]
+    except (TypeError, ValueError, KeyError):
+        shape, dtype = (), None
+    if shape and all(type(d) is int for d in shape) and dtype == "float32":
+        return shape
+    what = f"a {dtype} tensor" if shape else _shorten(str(entry), 120)
+    raise ModelLoadError(
+        f"The signature in {path} gives the model's {side} as {what}; the server needs one "
+        'float32 tensor, e.g. [{"type": "tensor", "tensor-spec": {"dtype": "float32", '
+        f'"shape": [-1, ...]}}}}]. {TRAIN_HINT}'
+    )
+
+
+def read_signature(folder: Path) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The input and output shapes published by the model folder's ``MLmodel`` signature."""
+    import yaml
+
+    path = folder / SIGNATURE_FILE
+    try:
+        mlmodel = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(
+            f"{folder} has no {SIGNATURE_FILE} file: the model folder must be an MLflow model, "
+            f"whose signature publishes the shapes the model takes and returns. {TRAIN_HINT}"
+        ) from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelLoadError(
+            f"Cannot read {path} ({type(exc).__name__}: {_shorten(str(exc), 200)}). {TRAIN_HINT}"
+        ) from None
+    signature = mlmodel.get("signature") if isinstance(mlmodel, dict) else None
+    if not isinstance(signature, dict):
+        raise ModelLoadError(
+            f"{path} has no signature: the shapes the model takes and returns are the server's "
+            "contract. Save the model with one (mlflow.tensorflow.save_model(..., signature=...)"
+            f"). {TRAIN_HINT}"
+        )
+    return (
+        _signature_tensor(signature.get("inputs"), "inputs", path),
+        _signature_tensor(signature.get("outputs"), "outputs", path),
+    )
+
+
 # --------------------------------------------------------------------------- requests
 
 
@@ -164,26 +287,49 @@ def _pixel_problem(value: object, where: str) -> str | None:
     return None
 
 
-def _image_problem(image: object, i: int) -> str | None:
+def _forms(form: ImageFormat) -> str:
+    """The forms an image may take in a request, e.g. "784 numbers or 28 lists of 28 numbers"."""
+    rows = form.image
+    also = f" or {rows[0]} lists of {rows[1]} numbers" if rows else ""
+    return f"{form.pixels} numbers{also}"
+
+
+def _shape_hint(form: ImageFormat) -> str:
+    return f"Each image is a list of {_forms(form)}."
+
+
+def _rows_problem(image: list[Any], i: int, form: ImageFormat) -> str | None:
+    """Why image ``i``, sent as rows, is unacceptable, or None if it is fine."""
+    hint = _shape_hint(form)
+    if form.image is None:
+        return f"Image {i} is a list of lists; this model takes flat images. {hint}"
+    rows, columns = form.image
+    if len(image) != rows:
+        return f"Image {i} has {len(image)} rows; a 2-D image has {rows}. {hint}"
+    for r, row in enumerate(image):
+        if len(row) != columns:
+            return f"Row {r} of image {i} has {len(row)} values, expected {columns}. {hint}"
+        for c, value in enumerate(row):
+            problem = _pixel_problem(value, f"Pixel [{r}][{c}] of image {i}")
+            if problem:
+                return problem
+    return None
+
+
+def _image_problem(image: object, i: int, form: ImageFormat) -> str | None:
     """Why image ``i`` of the batch is unacceptable, or None if it is fine."""
-    shape_hint = f"Each image is a list of {PIXELS} numbers or {SIDE} lists of {SIDE} numbers."
     if not isinstance(image, list):
-        return f"Image {i} is {_describe_value(image)}, not a list. {shape_hint}"
+        return f"Image {i} is {_describe_value(image)}, not a list. {_shape_hint(form)}"
     if image and all(isinstance(row, list) for row in image):
-        if len(image) != SIDE:
-            return f"Image {i} has {len(image)} rows; a 2-D image has {SIDE}. {shape_hint}"
-        for r, row in enumerate(image):
-            if len(row) != SIDE:
-                return f"Row {r} of image {i} has {len(row)} values, expected {SIDE}. {shape_hint}"
-            for c, value in enumerate(row):
-                problem = _pixel_problem(value, f"Pixel [{r}][{c}] of image {i}")
-                if problem:
-                    return problem
-        return None
+        return _rows_problem(image, i, form)
     if any(isinstance(value, list) for value in image):
-        return f"Image {i} mixes numbers and lists. {shape_hint}"
-    if len(image) != PIXELS:
-        return f"Image {i} has {len(image)} values, expected {PIXELS} (28x28). {shape_hint}"
+        return f"Image {i} mixes numbers and lists. {_shape_hint(form)}"
+    if len(image) != form.pixels:
+        rows = form.image
+        size = f" ({rows[0]}x{rows[1]})" if rows else ""
+        return (
+            f"Image {i} has {len(image)} values, expected {form.pixels}{size}. {_shape_hint(form)}"
+        )
     for p, value in enumerate(image):
         problem = _pixel_problem(value, f"Pixel {p} of image {i}")
         if problem:
@@ -191,45 +337,47 @@ def _image_problem(image: object, i: int) -> str | None:
     return None
 
 
-def _shape_name(image: list[Any]) -> str:
-    if isinstance(image[0], list):
-        return f"{SIDE}x{SIDE} ({SIDE} lists of {SIDE} numbers)"
-    return f"flat ({PIXELS} numbers)"
+def _shape_name(image: list[Any], form: ImageFormat) -> str:
+    if isinstance(image[0], list) and form.image:
+        rows, columns = form.image
+        return f"{rows}x{columns} ({rows} lists of {columns} numbers)"
+    return f"flat ({form.pixels} numbers)"
 
 
-def _mixed_shapes(data: list[Any]) -> str | None:
+def _mixed_shapes(data: list[Any], form: ImageFormat) -> str | None:
     """Which image first differs in shape from image 0, for a batch of valid images."""
-    first = _shape_name(data[0])
+    first = _shape_name(data[0], form)
     for i, image in enumerate(data[1:], start=1):
-        if _shape_name(image) != first:
+        if _shape_name(image, form) != first:
+            rows, columns = form.image or (0, 0)  # two shapes: the model takes rows
             return (
-                f"Image 0 is {first} but image {i} is {_shape_name(image)}: all the images of "
-                f"one request must have the same shape. Send every image as {PIXELS} numbers, "
-                f"or every image as {SIDE} lists of {SIDE} numbers."
+                f"Image 0 is {first} but image {i} is {_shape_name(image, form)}: all the "
+                f"images of one request must have the same shape. Send every image as "
+                f"{form.pixels} numbers, or every image as {rows} lists of {columns} numbers."
             )
     return None
 
 
-def _explain_bad_data(data: list[Any]) -> BadRequest:
+def _explain_bad_data(data: list[Any], form: ImageFormat) -> BadRequest:
     """Walk the batch to say precisely what is wrong (only runs for bad requests)."""
     if all(_is_number(v) for v in data):
-        if len(data) == PIXELS:
+        if len(data) == form.pixels:
             return BadRequest(
                 f'"data" is a single image, but it must be a batch: wrap it in a list, '
-                f'{{"data": [[...{PIXELS} numbers...]]}}.',
+                f'{{"data": [[...{form.pixels} numbers...]]}}.',
                 code="InvalidShape",
             )
         return BadRequest(
             f'"data" is a list of {len(data)} numbers; it must be a list of images, each '
-            f"{PIXELS} numbers or {SIDE} lists of {SIDE} numbers, e.g. {REQUEST_EXAMPLE}.",
+            f"{_forms(form)}, e.g. {REQUEST_EXAMPLE}.",
             code="InvalidShape",
         )
     for i, image in enumerate(data):
-        problem = _image_problem(image, i)
+        problem = _image_problem(image, i, form)
         if problem:
             code = "InvalidValue" if problem.startswith("Pixel") else "InvalidShape"
             return BadRequest(problem, code=code)
-    mixed = _mixed_shapes(data)
+    mixed = _mixed_shapes(data, form)
     if mixed:
         return BadRequest(mixed, code="InvalidShape")
     return BadRequest(  # the fast path refused something the walk accepts: say what we can
@@ -238,22 +386,23 @@ def _explain_bad_data(data: list[Any]) -> BadRequest:
     )
 
 
-def as_batch(data: list[Any]) -> np.ndarray:
-    """The batch as float32 ``(n, 784)``, or :class:`BadRequest` explaining what is wrong."""
+def as_batch(data: list[Any], form: ImageFormat) -> np.ndarray:
+    """The batch as float32 ``(n, *form.input_shape)``, or :class:`BadRequest` explaining
+    what is wrong. Each image may be sent flat or as rows (``form.image``)."""
     try:
         array = np.asarray(data)  # dtype inferred: any non-number shows up as a non-numeric dtype
     except (ValueError, TypeError, OverflowError, RecursionError):  # ragged, too deep, huge ints
-        raise _explain_bad_data(data) from None
+        raise _explain_bad_data(data, form) from None
     if array.dtype.kind not in "fiu":
-        raise _explain_bad_data(data)
-    n = array.shape[0]
-    if array.shape[1:] == (SIDE, SIDE):
-        array = array.reshape(n, PIXELS)
-    elif array.shape[1:] != (PIXELS,):
-        raise _explain_bad_data(data)
+        raise _explain_bad_data(data, form)
+    shape = array.shape[1:]
+    if shape != form.flat and shape != form.image:  # the two forms a request may use
+        raise _explain_bad_data(data, form)
+    if shape != form.input_shape:
+        array = array.reshape(len(array), *form.input_shape)
     # One pass each; NaN fails both comparisons, so this also refuses NaN and infinities.
     if not (array.min() >= 0 and array.max() <= 1):
-        raise _explain_bad_data(data)
+        raise _explain_bad_data(data, form)
     return array.astype(np.float32, copy=False)
 
 
@@ -304,8 +453,11 @@ def _decode(body: bytes) -> Any:
     return payload
 
 
-def parse_request(body: bytes, *, max_batch: int = DEFAULT_MAX_BATCH) -> np.ndarray:
-    """Decode and check a request body; return the images as float32 ``(n, 784)`` in [0, 1].
+def parse_request(
+    body: bytes, form: ImageFormat, *, max_batch: int = DEFAULT_MAX_BATCH
+) -> np.ndarray:
+    """Decode and check a request body; return the images as float32 in [0, 1], shaped as the
+    model takes them: ``(n, *form.input_shape)``.
 
     Raises :class:`BadRequest` with a message that says what is wrong and how to fix it.
     """
@@ -340,13 +492,13 @@ def parse_request(body: bytes, *, max_batch: int = DEFAULT_MAX_BATCH) -> np.ndar
             f'"data" is empty. Send at least one image: {REQUEST_EXAMPLE}.', code="EmptyBatch"
         )
     if not isinstance(data[0], list):  # e.g. one image sent without the batch around it
-        raise _explain_bad_data(data)
+        raise _explain_bad_data(data, form)
     if len(data) > max_batch:
         raise batch_too_large(len(data), max_batch)
     # JSON true/false/null inside "data" would be coerced to numbers by numpy: refuse them here.
     if b"true" in body or b"false" in body or b"null" in body:
-        raise _explain_bad_data(data)
-    return as_batch(data)
+        raise _explain_bad_data(data, form)
+    return as_batch(data, form)
 
 
 def batch_too_large(count: int | None, max_batch: int) -> BadRequest:
@@ -360,9 +512,9 @@ def batch_too_large(count: int | None, max_batch: int) -> BadRequest:
     )
 
 
-def max_body_bytes(max_batch: int) -> int:
+def max_body_bytes(max_batch: int, form: ImageFormat) -> int:
     """The largest request body worth reading for a batch limit (larger ones get a 413)."""
-    return max_batch * MAX_BYTES_PER_IMAGE + 4096
+    return max_batch * form.pixels * MAX_BYTES_PER_PIXEL + 4096
 
 
 # --------------------------------------------------------------------------- the classifier
@@ -370,10 +522,10 @@ def max_body_bytes(max_batch: int) -> int:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Scores for a batch: the most likely digit of each image and all ten probabilities."""
+    """Scores for a batch: the most likely class of each image and all its probabilities."""
 
     labels: np.ndarray  # (n,) int
-    probabilities: np.ndarray  # (n, 10) float32
+    probabilities: np.ndarray  # (n, classes) float32
 
     def to_body(self) -> dict[str, Any]:
         return {"predictions": self.labels.tolist(), "probabilities": self.probabilities.tolist()}
@@ -390,10 +542,11 @@ class DenseStack:
     """The model's own weights run as numpy matrix products: exact for a plain Dense stack.
 
     For a net this small, a TensorFlow call costs more than its arithmetic (about 0.25 ms
-    against 25 us for one image), so a stack of Dense layers with ``relu``/``linear``/
-    ``softmax`` activations (Dropout and Input layers do nothing at inference) is exported to
-    numpy at load time. :meth:`export` returns None for any other architecture, and the
-    classifier keeps the TensorFlow function; it also checks the export against the model.
+    against 25 us for one image), so a model that is a chain of Dense layers on flat input,
+    with ``relu``/``linear``/``softmax`` activations (Dropout and Input layers do nothing at
+    inference), is exported to numpy at load time. :meth:`export` returns None for any other
+    architecture (a convolutional net, say), and the classifier keeps the TensorFlow function;
+    it also checks the export against the model.
     """
 
     ACTIVATIONS = ("relu", "linear", "softmax")
@@ -403,6 +556,8 @@ class DenseStack:
 
     @classmethod
     def export(cls, keras_model: Any) -> DenseStack | None:
+        if len(keras_model.input_shape) != 2:  # Dense layers on rows would act row by row
+            return None
         layers = []
         for layer in keras_model.layers:
             kind = type(layer).__name__
@@ -432,22 +587,30 @@ class DenseStack:
 class DigitClassifier:
     """The trained Keras model behind a compiled function with a fixed input signature.
 
-    Where the model is a plain Dense stack, its weights run as numpy products instead
-    (:class:`DenseStack`), after a check at load time that both give the same probabilities.
+    ``contract`` is what the model takes and returns (by default, read from the Keras model's
+    own shapes; :meth:`load` reads the folder's published signature). Where the model is a
+    plain Dense stack, its weights run as numpy products instead (:class:`DenseStack`), after a
+    check at load time that both give the same probabilities.
     """
 
-    def __init__(self, keras_model: Any, *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(
+        self,
+        keras_model: Any,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        contract: ModelContract | None = None,
+    ) -> None:
         import tensorflow as tf
 
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.max_batch = max_batch
         self.model = keras_model
-        # What the model itself says it takes and returns (the published API is built from these).
-        self.pixels = int(keras_model.input_shape[-1])
-        self.classes = int(keras_model.output_shape[-1])
-        side = math.isqrt(self.pixels)
-        self.side = side if side * side == self.pixels else None  # images also sent as rows
+        # What the model takes and returns (the published API is built from these).
+        self.contract = contract or ModelContract.from_shapes(
+            tuple(keras_model.input_shape), tuple(keras_model.output_shape), "the Keras model"
+        )
+        shape = list(self.contract.input_shape)
 
         def forward(images: Any) -> Any:
             return keras_model(images, training=False)
@@ -457,10 +620,10 @@ class DigitClassifier:
         # commonest request, through an XLA-compiled one for that one shape (a third less
         # per-call overhead; XLA would recompile for every new batch size, so only this one).
         self._forward = tf.function(forward).get_concrete_function(
-            tf.TensorSpec([None, PIXELS], tf.float32, name="images")
+            tf.TensorSpec([None, *shape], tf.float32, name="images")
         )
         self._forward_one = tf.function(forward, jit_compile=True).get_concrete_function(
-            tf.TensorSpec([1, PIXELS], tf.float32, name="image")
+            tf.TensorSpec([1, *shape], tf.float32, name="image")
         )
         self.dense_stack = self._checked_export(keras_model)
 
@@ -472,7 +635,8 @@ class DigitClassifier:
         stack = DenseStack.export(keras_model)
         if stack is None:
             return None
-        probe = np.random.default_rng(0).random((64, PIXELS), dtype=np.float32)
+        rng = np.random.default_rng(0)
+        probe = rng.random((64, *self.contract.input_shape), dtype=np.float32)
         if not np.allclose(stack(probe), self._tf_proba(probe), atol=1e-5):
             return None  # some layer behaves unlike its weights suggest: trust TensorFlow
         return stack
@@ -481,8 +645,10 @@ class DigitClassifier:
     def load(
         cls, model_dir: str | os.PathLike[str] | None, *, max_batch: int = DEFAULT_MAX_BATCH
     ) -> DigitClassifier:
-        """Load from the model folder or the folder above it; check the model's shapes."""
+        """Load from the model folder or the folder above it. The shapes are those its MLmodel
+        signature publishes; the Keras model must have the same (:class:`ModelLoadError`)."""
         folder = find_model_dir(model_dir)
+        inputs, outputs = read_signature(folder)
         path = folder / MODEL_FILE
         import keras
 
@@ -493,22 +659,23 @@ class DigitClassifier:
                 f"Cannot load the Keras model {path}: {exc}. Re-run training to write a fresh "
                 "model folder, or point AZUREML_MODEL_DIR at one."
             ) from exc
-        inputs, outputs = tuple(model.input_shape), tuple(model.output_shape)
-        if inputs != (None, PIXELS) or outputs != (None, CLASSES):
+        own = tuple(model.input_shape), tuple(model.output_shape)
+        if (_shown(own[0]), _shown(own[1])) != (_shown(inputs), _shown(outputs)):
             raise ModelLoadError(
-                f"The model in {path} maps {inputs} to {outputs}; the training contract is "
-                f"(None, {PIXELS}) pixels to (None, {CLASSES}) probabilities. Serve a model "
-                "written by `python -m training.train`."
+                f"The signature in {folder / SIGNATURE_FILE} says the model maps "
+                f"{_shown(inputs)} to {_shown(outputs)}, but {path} maps {_shown(own[0])} to "
+                f"{_shown(own[1])}: the folder's two halves do not belong together. {TRAIN_HINT}"
             )
-        return cls(model, max_batch=max_batch)
+        contract = ModelContract.from_shapes(inputs, outputs, str(path))
+        return cls(model, max_batch=max_batch, contract=contract)
 
     def warm_up(self) -> None:
         """Run the model once on a single image and on a full batch, before any request."""
         for n in (1, self.max_batch):
-            self.predict_proba(np.zeros((n, PIXELS), np.float32))
+            self.predict_proba(np.zeros((n, *self.contract.input_shape), np.float32))
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities ``(n, 10)`` for float32 images ``(n, 784)`` in [0, 1]."""
+        """Probabilities ``(n, classes)`` for float32 images ``(n, *input_shape)`` in [0, 1]."""
         if self.dense_stack is not None:
             return self.dense_stack(images)
         return self._tf_proba(images)
@@ -517,6 +684,10 @@ class DigitClassifier:
         probabilities = self.predict_proba(images)
         return Prediction(probabilities.argmax(axis=1), probabilities)
 
+    def parse(self, body: bytes) -> np.ndarray:
+        """A request body's images, shaped for the model; :class:`BadRequest` for bad input."""
+        return parse_request(body, self.contract, max_batch=self.max_batch)
+
     def score(self, body: bytes) -> bytes:
         """A request body in, the JSON response body out; :class:`BadRequest` for bad input."""
-        return self.predict(parse_request(body, max_batch=self.max_batch)).to_json()
+        return self.predict(self.parse(body)).to_json()

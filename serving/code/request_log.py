@@ -1,6 +1,6 @@
 """What the scoring server records about each request: one log line, and a sampled copy of the data.
 
-Uploaded with score.py (serving/.amlignore) and imported the way score.py imports predictor.
+Uploaded with score.py (serving/code/) and imported the way score.py imports predictor.
 
 - :class:`RequestLog` writes one JSON line per request to stdout: request id, status, images,
   latency in ms, never the pixels. On Azure the container's stdout is the deployment's console
@@ -158,16 +158,15 @@ class DataCollection:
             print(f"data collection failed (reported once): {exc}", file=sys.stderr)
 
     def collect(self, images: np.ndarray, probabilities: np.ndarray) -> None:
-        """Hand one request's images ``(n, pixels)`` and probabilities ``(n, classes)`` over."""
+        """Hand one request's images and probabilities ``(n, classes)`` over: one row per image,
+        one ``pixel_<i>`` column per pixel, whatever the model's input shape (the image flat)."""
         if self._inputs is None:
             return
         try:
             import pandas as pd
 
-            pixels = pd.DataFrame(
-                np.asarray(images, np.float32),
-                columns=[f"pixel_{i}" for i in range(images.shape[1])],
-            )
+            flat = np.asarray(images, np.float32).reshape(len(images), -1)
+            pixels = pd.DataFrame(flat, columns=[f"pixel_{i}" for i in range(flat.shape[1])])
             outputs = pd.DataFrame(
                 {
                     DIGIT_COLUMN: probabilities.argmax(axis=1).astype(int),

@@ -11,8 +11,10 @@ A thin adapter over :class:`predictor.DigitClassifier`:
   that has not arrived within half of ``SCORING_TIMEOUT_MS`` gets a 408, and a truncated or
   malformed one a 400.
 
-Request ``{"data": [image, ...]}`` with each image 784 numbers or 28 lists of 28, scaled to
-[0, 1]; response ``{"predictions": [digit, ...], "probabilities": [[10 floats], ...]}``.
+Request ``{"data": [image, ...]}`` with each image flat or as rows, scaled to [0, 1] (for the
+MNIST models: 784 numbers or 28 lists of 28); response ``{"predictions": [class, ...],
+"probabilities": [[one float per class], ...]}``. The shapes are the model's own, read from the
+model folder's signature (predictor.ModelContract): the same script serves the DNN and the CNN.
 ``SCORING_MAX_BATCH`` (set in deployment.yml) caps the images per request (413 above it).
 """
 
@@ -44,7 +46,6 @@ from predictor import (
     DigitClassifier,
     batch_too_large,
     max_body_bytes,
-    parse_request,
 )
 from request_log import DataCollection, RequestLog
 
@@ -81,7 +82,8 @@ def _publish_contract(classifier: DigitClassifier) -> None:
     the shapes of the loaded model and the batch limit. A server version without this builder
     serves its generic document: said in the log, never a failed start.
     """
-    shapes = Shapes(classifier.pixels, classifier.side, classifier.classes, classifier.max_batch)
+    contract = classifier.contract
+    shapes = Shapes(contract.pixels, contract.image, contract.classes, classifier.max_batch)
     try:
         from azureml_inference_server_http.server.swagger import _SwaggerBuilder
     except ImportError as exc:
@@ -104,7 +106,7 @@ def init() -> None:
     timeout_ms = _positive_int_from_env(TIMEOUT_ENV, DEFAULT_TIMEOUT_MS, "milliseconds")
     _classifier = DigitClassifier.load(os.environ.get("AZUREML_MODEL_DIR"), max_batch=max_batch)
     _classifier.warm_up()
-    _max_body = max_body_bytes(max_batch)
+    _max_body = max_body_bytes(max_batch, _classifier.contract)
     _read_seconds = timeout_ms / 2000  # half the scoring timeout for the body, half for scoring
     _publish_contract(_classifier)
     _collection = DataCollection.from_environment()
@@ -297,14 +299,14 @@ def _respond(request: AMLRequest) -> tuple[AMLResponse, int | None]:
         return _error(
             BadRequest(
                 f"{request.method[:20]} is not supported on /score: POST a JSON body such as "
-                '{"data": [[...784 numbers...]]}.',
+                f'{{"data": [[...{_classifier.contract.pixels} numbers...]]}}.',
                 status=405,
                 code="MethodNotAllowed",
             ),
             allow,
         ), None
     try:
-        images = parse_request(_read_body(request), max_batch=_classifier.max_batch)
+        images = _classifier.parse(_read_body(request))
         prediction = _classifier.predict(images)
     except BadRequest as exc:
         return _error(exc), None

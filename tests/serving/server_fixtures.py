@@ -7,6 +7,9 @@ one training run and one server per session.
 ``scoring_server`` starts serving/code/score.py under ``azmlinfsrv`` on a free loopback port with
 the environment variables of serving/deployment.yml, pointing ``AZUREML_MODEL_DIR`` at the
 training output folder: the folder *above* ``model/``, as Azure ML mounts registered models.
+``trained_cnn`` and ``cnn_server`` do the same for the convolutional net (``--model cnn
+--epochs 1``: about 45 s of training on two cores), served by the very same score.py;
+``each_server`` is either server, for the tests that hold for every model.
 """
 
 from __future__ import annotations
@@ -31,10 +34,8 @@ from scripts.endpoints.local_server import LocalServer
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def trained_output(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The output folder of a real 2-epoch training run (``model/``, ``metrics.json``, ...)."""
-    out = tmp_path_factory.mktemp("trained")
+def _train(mnist_dir: Path, out: Path, *flags: str) -> Path:
+    """``out``, the output folder of a real training run with ``flags``."""
     env = {
         **os.environ,
         "MNIST_DATA_DIR": str(mnist_dir),
@@ -42,7 +43,7 @@ def trained_output(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "PYTHONPATH": str(ROOT),
     }
     result = subprocess.run(
-        [sys.executable, "-m", "training.train", "--epochs", "2", "--output-dir", str(out)],
+        [sys.executable, "-m", "training.train", *flags, "--output-dir", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -53,6 +54,19 @@ def trained_output(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
         pytest.fail(f"training failed ({result.returncode}):\n{result.stderr[-3000:]}")
     assert (out / "model" / "data" / "model.keras").is_file(), list(out.rglob("*"))
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_output(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of a real 2-epoch training run (``model/``, ``metrics.json``, ...)."""
+    return _train(mnist_dir, tmp_path_factory.mktemp("trained"), "--epochs", "2")
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of a real 1-epoch run of the CNN (about 98% test accuracy)."""
+    out = tmp_path_factory.mktemp("trained-cnn")
+    return _train(mnist_dir, out, "--model", "cnn", "--epochs", "1")
 
 
 @pytest.fixture(scope="session")
@@ -199,18 +213,37 @@ class RunningServer:
     settings: dict[str, str]
 
 
-@pytest.fixture(scope="session")
-def scoring_server(
-    trained_output: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
+def _serve(model_dir: Path, log_dir: Path) -> Iterator[RunningServer]:
+    """score.py under azmlinfsrv with deployment.yml's settings, serving ``model_dir``."""
     settings = specs.server_settings()
-    log = tmp_path_factory.mktemp("server") / "azmlinfsrv.log"
-    server = LocalServer(model_dir=trained_output, settings=settings, log_path=log)
+    server = LocalServer(
+        model_dir=model_dir, settings=settings, log_path=log_dir / "azmlinfsrv.log"
+    )
     server.start(timeout=240)
     try:
         yield RunningServer(server, Client(server.port), settings)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def scoring_server(
+    trained_output: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    yield from _serve(trained_output, tmp_path_factory.mktemp("server"))
+
+
+@pytest.fixture(scope="session")
+def cnn_server(
+    trained_cnn: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    yield from _serve(trained_cnn, tmp_path_factory.mktemp("cnn-server"))
+
+
+@pytest.fixture(scope="session", params=["dnn", "cnn"])
+def each_server(request: pytest.FixtureRequest) -> RunningServer:
+    """The DNN's server, then the CNN's: for what must hold whatever the model."""
+    return request.getfixturevalue("scoring_server" if request.param == "dnn" else "cnn_server")
 
 
 @pytest.fixture(scope="session")

@@ -166,3 +166,24 @@ def test_a_collector_that_fails_is_reported_once_and_never_raises(capsys):
         collection.collect(np.zeros((1, 784), np.float32), np.full((1, 10), 0.1))
     assert collection.errors == 3
     assert capsys.readouterr().err.count("data collection failed") == 1
+
+
+def test_images_of_any_model_shape_are_collected_one_column_per_pixel():
+    """A CNN's images (n, 28, 28, 1) reach the collector as the DNN's do: pixel_0..pixel_783."""
+    pytest.importorskip("pandas")
+    collected: dict[str, list] = {}
+
+    class Recording:
+        def __init__(self, *, name: str, on_error) -> None:
+            self.name = name
+
+        def collect(self, data, context=None):
+            collected.setdefault(self.name, []).append(data)
+
+    images = np.zeros((2, 28, 28, 1), np.float32)
+    images[1, 27, 27, 0] = 1.0  # the last pixel of the second image
+    DataCollection(Recording).collect(images, np.full((2, 10), 0.1))
+    (inputs,) = collected["model_inputs"]
+    assert list(inputs.columns) == [f"pixel_{i}" for i in range(784)]
+    assert inputs["pixel_783"].tolist() == [0.0, 1.0]
+    assert collected["model_outputs"][0]["digit"].tolist() == [0, 0]

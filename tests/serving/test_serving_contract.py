@@ -80,22 +80,25 @@ def _template(version: str) -> dict:
 
 @pytest.mark.parametrize("version", ["2", "3"])
 def test_the_contract_follows_the_model_and_the_batch_limit(version):
-    """Sizes come from the model (here 8x8 images, 3 classes) and SCORING_MAX_BATCH (7)."""
-    doc = complete(_template(version), version, Shapes(pixels=64, side=8, classes=3, max_batch=7))
+    """Sizes come from the model (here images of 6 rows of 8, 3 classes) and SCORING_MAX_BATCH
+    (7)."""
+    shapes = Shapes(pixels=48, image=(6, 8), classes=3, max_batch=7)
+    doc = complete(_template(version), version, shapes)
     schemas = doc["definitions"] if version == "2" else doc["components"]["schemas"]
     data = schemas["ServiceInput"]["properties"]["data"]
     batches = [data] if version == "2" else data["oneOf"]
     assert [(b["minItems"], b["maxItems"]) for b in batches] == [(1, 7)] * len(batches)
-    assert (batches[0]["items"]["minItems"], batches[0]["items"]["maxItems"]) == (64, 64)
+    assert (batches[0]["items"]["minItems"], batches[0]["items"]["maxItems"]) == (48, 48)
     if version != "2":
         rows = batches[1]["items"]
-        assert (rows["maxItems"], rows["items"]["maxItems"]) == (8, 8)
+        assert (rows["minItems"], rows["maxItems"]) == (6, 6)
+        assert (rows["items"]["minItems"], rows["items"]["maxItems"]) == (8, 8)
     output = schemas["ServiceOutput"]["properties"]
     assert output["predictions"]["items"] == {"type": "integer", "minimum": 0, "maximum": 2}
     assert output["probabilities"]["items"]["maxItems"] == 3
 
 
-def test_a_model_whose_images_are_not_square_has_one_form():
-    doc = complete(_template("3"), "3", Shapes(pixels=10, side=None, classes=2, max_batch=4))
+def test_a_flat_model_whose_images_have_no_rows_has_one_form():
+    doc = complete(_template("3"), "3", Shapes(pixels=10, image=None, classes=2, max_batch=4))
     data = doc["components"]["schemas"]["ServiceInput"]["properties"]["data"]
     assert "oneOf" not in data and data["items"]["maxItems"] == 10

@@ -1,4 +1,9 @@
-"""serving/code/score.py under the real azmlinfsrv, over HTTP on loopback, with a trained model."""
+"""serving/code/score.py under the real azmlinfsrv, over HTTP on loopback, with a trained model.
+
+The published API and the answers to bad requests are checked for both built-in models (the
+DNN and the CNN, ``each_server``): they take the same images, so every shape, status and message
+is the same. tests/serving/test_serving_cnn.py scores real images with the CNN.
+"""
 
 from __future__ import annotations
 
@@ -60,8 +65,8 @@ def _without(schema: dict, *keys: str) -> dict:
 
 
 @pytest.mark.parametrize("version", ["2", "3", "3.1"])
-def test_swagger_states_exactly_what_run_accepts_and_returns(scoring_server, version):
-    reply = scoring_server.client.request("GET", f"/swagger.json?version={version}")
+def test_swagger_states_exactly_what_run_accepts_and_returns(each_server, version):
+    reply = each_server.client.request("GET", f"/swagger.json?version={version}")
     assert reply.status == 200
     doc = reply.json()
     if version == "2":
@@ -82,7 +87,7 @@ def test_swagger_states_exactly_what_run_accepts_and_returns(scoring_server, ver
     request = schemas["ServiceInput"]
     assert request["required"] == ["data"] and request["additionalProperties"] is False
     data = _without(request["properties"]["data"], "description")
-    # Swagger 2.0 has no oneOf: it states the flat form, the one of the model's signature.
+    # Swagger 2.0 has no oneOf: it states the flat form, which every model takes.
     assert data == (FLAT_BATCH if version == "2" else {"oneOf": [FLAT_BATCH, ROWS_BATCH]})
     assert len(request["example"]["data"][0]) == 784
 
@@ -227,10 +232,8 @@ BAD_REQUESTS = [
     ("body", "status", "code", "fragments"),
     [pytest.param(*case[1:], id=case[0]) for case in BAD_REQUESTS],
 )
-def test_bad_requests_get_a_4xx_that_says_what_to_fix(
-    scoring_server, body, status, code, fragments
-):
-    reply = scoring_server.client.score(body)
+def test_bad_requests_get_a_4xx_that_says_what_to_fix(each_server, body, status, code, fragments):
+    reply = each_server.client.score(body)
     assert reply.status == status, reply.body[:500]
     assert reply.headers["Content-Type"] == "application/json"
     assert reply.headers.get("x-ms-run-function-failed") == "False"  # not counted as a crash
@@ -250,10 +253,10 @@ def test_a_long_unknown_key_is_not_echoed_back(scoring_server):
 
 
 def test_oversized_body_is_refused_before_it_is_parsed(scoring_server):
-    from serving.code.predictor import max_body_bytes
+    from serving.code.predictor import ImageFormat, max_body_bytes
 
     # Not even JSON: had the server parsed it, the answer would be a 400 NotJson.
-    body = b'{"data": [' + b" " * max_body_bytes(MAX_BATCH) + b"not json"
+    body = b'{"data": [' + b" " * max_body_bytes(MAX_BATCH, ImageFormat((784,))) + b"not json"
     reply = scoring_server.client.score(body)
     assert reply.status == 413
     error = reply.json()["error"]

@@ -1,26 +1,50 @@
-"""The predictor's model loading: where AZUREML_MODEL_DIR may point, and clear failures."""
+"""The predictor's model loading (where AZUREML_MODEL_DIR may point, the shapes the folder
+publishes, clear failures) and the request forms it reads for any model shape."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from serving.code.predictor import (
     BadRequest,
     DigitClassifier,
+    ImageFormat,
     ModelLoadError,
     find_model_dir,
     parse_request,
 )
 
+FLAT = ImageFormat((784,))  # the DNN's images
 
-def _model_folder(root: Path, name: str = "model") -> Path:
+
+def _signature(inputs: list[int], outputs: list[int], dtype: str = "float32") -> dict:
+    def tensor(shape: list[int]) -> str:
+        return json.dumps([{"type": "tensor", "tensor-spec": {"dtype": dtype, "shape": shape}}])
+
+    return {"inputs": tensor(inputs), "outputs": tensor(outputs), "params": None}
+
+
+def _model_folder(root: Path, name: str = "model", signature: dict | None = None) -> Path:
     folder = root / name
     (folder / "data").mkdir(parents=True)
-    (folder / "MLmodel").write_text("flavors: {}\n")
+    mlmodel = {"flavors": {}, "signature": signature or _signature([-1, 784], [-1, 10])}
+    (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel))
     (folder / "data" / "model.keras").write_bytes(b"placeholder")
+    return folder
+
+
+def _saved(model, root: Path, signature: dict | None = None) -> Path:
+    """``model`` in a model folder as training writes it: data/model.keras and an MLmodel
+    whose signature is training's own (training/export.py), unless ``signature`` replaces it."""
+    from training.export import signature as signature_of
+
+    folder = _model_folder(root, signature=signature or signature_of(model))
+    model.save(folder / "data" / "model.keras")
     return folder
 
 
@@ -68,15 +92,135 @@ def test_a_corrupt_model_file_is_a_load_error(tmp_path):
         DigitClassifier.load(tmp_path)
 
 
-def test_a_model_with_other_shapes_breaks_the_contract(tmp_path):
+def _tiny_dnn():
     import keras
 
-    folder = tmp_path / "model" / "data"
-    folder.mkdir(parents=True)
-    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(5)])
-    model.save(folder / "model.keras")
-    with pytest.raises(ModelLoadError, match=r"maps \(None, 28, 28\) to \(None, 5\)"):
+    return keras.Sequential(
+        [keras.Input((784,)), keras.layers.Dense(10, activation="softmax")], name="tiny"
+    )
+
+
+def _tiny_cnn(classes: int = 5):
+    """An untrained convolutional net with the CNN's input shape and ``classes`` outputs."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(2, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(classes, activation="softmax"),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("mlmodel", "fragments"),
+    [
+        pytest.param("flavors: {tensorflow: {}}\n", ["MLmodel has no signature"], id="none"),
+        pytest.param(None, ["has no MLmodel file", "MLflow model"], id="no-mlmodel"),
+        pytest.param("{flavors: [", ["Cannot read", "MLmodel"], id="not-yaml"),
+        pytest.param(
+            yaml.safe_dump({"signature": {"inputs": '[{"type": "string"}]', "outputs": "[]"}}),
+            ['model\'s inputs as [{"type": "string"}]', "one float32 tensor"],
+            id="not-a-tensor",
+        ),
+        pytest.param(
+            yaml.safe_dump({"signature": _signature([-1, 784], [-1, 10], "float64")}),
+            ["inputs as a float64 tensor", "float32"],
+            id="float64",
+        ),
+    ],
+)
+def test_the_folder_must_publish_a_float32_tensor_signature(tmp_path, mlmodel, fragments):
+    folder = _model_folder(tmp_path)
+    if mlmodel is None:
+        (folder / "MLmodel").unlink()
+    else:
+        (folder / "MLmodel").write_text(mlmodel)
+    with pytest.raises(ModelLoadError) as failure:
         DigitClassifier.load(tmp_path)
+    for fragment in fragments:
+        assert fragment in str(failure.value)
+
+
+def test_a_signature_the_keras_model_does_not_match_is_refused(tmp_path):
+    _saved(_tiny_dnn(), tmp_path, _signature([-1, 28, 28, 1], [-1, 10]))
+    with pytest.raises(ModelLoadError) as failure:
+        DigitClassifier.load(tmp_path)
+    message = str(failure.value)
+    assert "says the model maps (-1, 28, 28, 1) to (-1, 10)" in message
+    assert "model.keras maps (-1, 784) to (-1, 10)" in message
+
+
+@pytest.mark.parametrize(
+    ("shapes", "fragment"),
+    [
+        pytest.param(((28, 28, 3), 10), "maps (-1, 28, 28, 3) to (-1, 10); the server takes "
+                     "grayscale images", id="colour"),
+        pytest.param(((784,), (10, 2)), "maps (-1, 784) to (-1, 10, 2); the server answers "
+                     "class probabilities", id="2-d-output"),
+    ],
+)  # fmt: skip
+def test_models_that_do_not_map_images_to_classes_are_refused(tmp_path, shapes, fragment):
+    import keras
+
+    inputs, outputs = shapes
+    model = keras.Sequential(
+        [
+            keras.Input(inputs),
+            keras.layers.Flatten(),
+            keras.layers.Dense(int(np.prod(outputs))),
+            keras.layers.Reshape(outputs if isinstance(outputs, tuple) else (outputs,)),
+        ]
+    )
+    _saved(model, tmp_path)
+    with pytest.raises(ModelLoadError) as failure:
+        DigitClassifier.load(tmp_path)
+    assert fragment in str(failure.value)
+
+
+def test_a_convolutional_model_takes_both_request_forms_with_its_own_shapes(tmp_path):
+    """No training: an untrained net of the CNN's input shape and 5 classes, saved as training
+    saves models. The contract is the folder's; flat and row requests reach it reshaped."""
+    model = _tiny_cnn(classes=5)
+    classifier = DigitClassifier.load(_saved(model, tmp_path), max_batch=4)
+    contract = classifier.contract
+    assert (contract.input_shape, contract.classes, contract.pixels) == ((28, 28, 1), 5, 784)
+    assert contract.image == (28, 28)
+    assert classifier.dense_stack is None  # convolutions stay in TensorFlow
+    images = np.random.default_rng(2).random((3, 28, 28), dtype=np.float32)
+    expected = np.asarray(model(images[..., np.newaxis], training=False))
+    for sent in (images.reshape(3, 784), images):
+        body = json.dumps({"data": sent.tolist()}).encode()
+        parsed = classifier.parse(body)
+        assert parsed.shape == (3, 28, 28, 1) and parsed.dtype == np.float32
+        answer = json.loads(classifier.score(body))
+        np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-5)
+        assert answer["predictions"] == expected.argmax(axis=1).tolist()
+    single = json.loads(classifier.score(json.dumps({"data": images[:1].tolist()}).encode()))
+    np.testing.assert_allclose(single["probabilities"], expected[:1], atol=1e-5)
+    with pytest.raises(BadRequest, match=r"Image 0 has 783 values, expected 784 \(28x28\)"):
+        classifier.parse(b'{"data": [[' + b"0.5, " * 782 + b"0.5]]}")
+    # The channel axis is no request form: refused as for the DNN.
+    with pytest.raises(
+        BadRequest, match=r"Pixel \[0\]\[0\] of image 0 is a list of 1, not a number"
+    ):
+        classifier.parse(json.dumps({"data": images[:1, ..., np.newaxis].tolist()}).encode())
+    with pytest.raises(BadRequest) as failure:
+        classifier.parse(json.dumps({"data": [[0.5] * 784] * 5}).encode())
+    assert failure.value.status == 413
+
+
+def test_a_flat_input_that_is_not_square_takes_flat_images_only():
+    import keras
+
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(3, activation="softmax")])
+    classifier = DigitClassifier(model)
+    assert (classifier.contract.image, classifier.contract.classes) == (None, 3)
+    assert classifier.parse(b'{"data": [' + b"[" + b"0.5, " * 11 + b"1]" + b"]}").shape == (1, 12)
+    with pytest.raises(BadRequest, match="this model takes flat images"):
+        classifier.parse(b'{"data": [[[0.5, 0.5], [0.5, 0.5]]]}')
 
 
 @pytest.mark.slow
@@ -106,10 +250,19 @@ def test_the_trained_dense_stack_runs_in_numpy_with_the_models_own_probabilities
     np.testing.assert_allclose(classifier.predict_proba(pixels[:1]), expected[:1], atol=1e-5)
 
 
-def test_other_architectures_keep_the_tensorflow_function():
+def _dense_on_rows():
     import keras
 
-    model = keras.Sequential(
+    return keras.Sequential(  # Dense layers act on each row of a 2-D input: not a flat stack
+        [keras.Input((28, 28)), keras.layers.Dense(4), keras.layers.Flatten(),
+         keras.layers.Dense(10, activation="softmax")]
+    )  # fmt: skip
+
+
+def _tanh_and_batch_norm():
+    import keras
+
+    return keras.Sequential(
         [
             keras.Input((784,)),
             keras.layers.Dense(16, activation="tanh"),  # not exported: stays in TensorFlow
@@ -117,16 +270,33 @@ def test_other_architectures_keep_the_tensorflow_function():
             keras.layers.Dense(10, activation="softmax"),
         ]
     )
+
+
+@pytest.mark.parametrize("build", [_tanh_and_batch_norm, _dense_on_rows, _tiny_cnn])
+def test_other_architectures_keep_the_tensorflow_function(build):
+    model = build()
     classifier = DigitClassifier(model)
     assert classifier.dense_stack is None
-    pixels = np.random.default_rng(1).random((3, 784), dtype=np.float32)
+    shape = classifier.contract.input_shape
+    pixels = np.random.default_rng(1).random((3, *shape), dtype=np.float32)
+    np.testing.assert_allclose(
+        classifier.predict_proba(pixels), np.asarray(model(pixels, training=False)), atol=1e-6
+    )
+
+
+def test_a_plain_dense_stack_runs_in_numpy():
+    model = _tiny_dnn()
+    classifier = DigitClassifier(model)
+    assert classifier.dense_stack is not None
+    pixels = np.random.default_rng(3).random((3, 784), dtype=np.float32)
     np.testing.assert_allclose(
         classifier.predict_proba(pixels), np.asarray(model(pixels, training=False)), atol=1e-6
     )
 
 
 def test_parse_request_returns_float32_rows():
-    array = parse_request(b'{"data": [' + b", ".join([b"[" + b"0, " * 783 + b"1]"] * 3) + b"]}")
+    body = b'{"data": [' + b", ".join([b"[" + b"0, " * 783 + b"1]"] * 3) + b"]}"
+    array = parse_request(body, FLAT)
     assert array.dtype == np.float32 and array.shape == (3, 784)
     assert array[:, -1].tolist() == [1, 1, 1]
 
@@ -135,7 +305,7 @@ def test_parse_request_reports_the_first_bad_image_in_a_batch():
     good = "[" + ", ".join(["0.5"] * 784) + "]"
     bad = "[" + ", ".join(["0.5"] * 783 + ['"x"']) + "]"
     with pytest.raises(BadRequest, match="Pixel 783 of image 2 is the string"):
-        parse_request(f'{{"data": [{good}, {good}, {bad}, {bad}]}}'.encode())
+        parse_request(f'{{"data": [{good}, {good}, {bad}, {bad}]}}'.encode(), FLAT)
 
 
 def test_requests_are_read_and_answered_the_same_without_orjson(monkeypatch):
@@ -144,10 +314,10 @@ def test_requests_are_read_and_answered_the_same_without_orjson(monkeypatch):
     from serving.code import predictor
 
     body = b'{"data": [' + b"[" + b"0.25, " * 783 + b"1]" + b"]}"
-    fast = parse_request(body)
+    fast = parse_request(body, FLAT)
     result = predictor.Prediction(np.array([3]), np.full((1, 10), 0.1, np.float32))
     monkeypatch.setattr(predictor, "orjson", None)
-    np.testing.assert_array_equal(parse_request(body), fast)
+    np.testing.assert_array_equal(parse_request(body, FLAT), fast)
     assert json.loads(result.to_json()) == result.to_body()
     with pytest.raises(BadRequest, match="is nan"):
-        parse_request(body.replace(b"1]", b"NaN]"))
+        parse_request(body.replace(b"1]", b"NaN]"), FLAT)
