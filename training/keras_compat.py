@@ -25,7 +25,10 @@ WEIGHTS_FILE = "model.weights.h5"
 
 
 def _snake_case(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """Keras 3's ``to_snake_case`` (keras/src/utils/naming.py): ``Dense`` -> ``dense``,
+    ``Conv2D`` -> ``conv2d``, ``MaxPooling2D`` -> ``max_pooling2d``."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def keras3_weights(model: Any) -> bytes:
