@@ -14,12 +14,13 @@ CSV file (without a header, as append_row writes none) whose columns are ``COLUM
     notes.txt,,,"not an image: ..."
 
 Images: PNG as people hold digits (any still image Pillow reads is accepted), of exactly the
-size the model takes (28x28 for the trained DNN), white digit on black like MNIST. Grayscale
-(8 or 16 bit) is read as is; RGB and palette images are converted to luminance; transparent
-pixels count as black background. A file that cannot be scored (empty, not an image, another
-size, truncated or unreadable) gets a row with empty digit and probability and the reason in
-``error``, instead of failing its mini-batch: a failed mini-batch counts every file in it
-against the deployment's ``error_threshold``, and is retried ``max_retries`` times first.
+size the model takes (28x28 for the built-in DNN and CNN: flat or 28x28x1 input, reshaped here),
+white digit on black like MNIST. Grayscale (8 or 16 bit) is read as is; RGB and palette images
+are converted to luminance; transparent pixels count as black background. A file that cannot be
+scored (empty, not an image, another size, truncated or unreadable) gets a row with empty digit
+and probability and the reason in ``error``, instead of failing its mini-batch: a failed
+mini-batch counts every file in it against the deployment's ``error_threshold``, and is retried
+``max_retries`` times first.
 
 This folder is uploaded code: it needs numpy, Pillow and Keras (TensorFlow) and imports
 nothing else from this repository. The model folder is the training contract: an MLflow model
