@@ -1,6 +1,6 @@
 """``deploy``: the safe rollout through the real azure-ai-ml SDK, down to its HTTP transport.
 
-The workspace is ``serving_fake_azure.FakeAzureML`` (no credentials, no network): the tests
+The workspace is ``tests.azure_fakes.FakeWorkspace`` (no credentials, no network): the tests
 assert the REST calls the SDK makes (method, path, bodies, traffic) and what the endpoint is
 left serving. In the end-to-end test, the fake forwards scoring to the real local azmlinfsrv.
 """
@@ -16,17 +16,18 @@ import numpy as np
 import pytest
 
 from scripts.endpoints import rollout
-from tests.azure_fakes import TOKEN, StaticCredential
-from tests.mlflow_nocode import score_nocode
-from tests.scripts.serving_fake_azure import (
+from tests.azure_fakes import (
     LOG_ANALYTICS_ID,
     RESOURCE_GROUP,
     SUBSCRIPTION,
+    TOKEN,
     WORKSPACE,
     WS_PATH,
-    FakeAzureML,
+    FakeWorkspace,
+    StaticCredential,
     right_answers,
 )
+from tests.mlflow_nocode import score_nocode
 
 DIGITS = rollout.load_sample_digits()
 
@@ -39,9 +40,11 @@ def wrong_answers(deployment: str | None, body: bytes) -> tuple[int, bytes]:
 
 
 @pytest.fixture
-def fake(monkeypatch) -> FakeAzureML:
-    fake = FakeAzureML(scorer=right_answers)
-    fake.install(monkeypatch)  # the blob uploader's own HTTP session lands here too
+def fake(monkeypatch) -> FakeWorkspace:
+    fake = FakeWorkspace(scorer=right_answers)
+    fake.use_for_storage(monkeypatch)  # the blob uploader's own transport too
+    for version in ("1", "2"):
+        fake.seed_model("tf-mnist", version)
     return fake
 
 
@@ -73,7 +76,7 @@ def test_first_rollout_creates_the_endpoint_and_serves_the_real_scorer(
     endpoint_put = fake.endpoint_puts("mnist-digits")[0].json()
     assert endpoint_put["properties"]["authMode"] == "AADToken"
 
-    environment = fake.arm_calls("PUT", "/environments/tf-mnist-serving/versions/2")[0].json()
+    environment = fake.arm_calls("PUT", "/environments/tf-mnist-serving/versions/3")[0].json()
     assert environment["properties"]["image"].startswith("mcr.microsoft.com/azureml/openmpi5.0")
     assert "azureml-inference-server-http==1.4.1" in environment["properties"]["condaFile"]
     assert "azureml-ai-monitoring==1.0.0" in environment["properties"]["condaFile"]
@@ -92,7 +95,7 @@ def test_first_rollout_creates_the_endpoint_and_serves_the_real_scorer(
     (put,) = fake.arm_calls("PUT", "/onlineEndpoints/mnist-digits/deployments/blue")
     properties = put.json()["properties"]
     assert properties["model"] == f"{WS_PATH}/models/tf-mnist/versions/2"
-    assert properties["environmentId"] == f"{WS_PATH}/environments/tf-mnist-serving/versions/2"
+    assert properties["environmentId"] == f"{WS_PATH}/environments/tf-mnist-serving/versions/3"
     assert properties["codeConfiguration"]["scoringScript"] == "score.py"
     assert properties["codeConfiguration"]["codeId"].startswith(f"{WS_PATH}/codes/")
     assert properties["instanceType"] == "Standard_DS3_v2"
@@ -116,7 +119,7 @@ def test_blue_to_green_shifts_traffic_in_steps_after_a_smoke_test(fake, ml_clien
     fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
     environment = rollout.specs.load_serving_environment()
     conda = rollout.specs.ENVIRONMENT_SPEC.with_name("conda.yml").read_text()
-    fake.seed_environment("tf-mnist-serving", "2", environment.image, conda)
+    fake.seed_environment("tf-mnist-serving", "3", environment.image, conda)
     messages: list[str] = []
     report = deploy(ml_client, messages, model="azureml:tf-mnist:2")
 
@@ -131,8 +134,8 @@ def test_blue_to_green_shifts_traffic_in_steps_after_a_smoke_test(fake, ml_clien
     scoring = fake.scoring_calls()
     assert len(scoring) == 4
     assert {c.headers["azureml-model-deployment"] for c in scoring} == {"green"}
-    first_step = fake.calls.index(fake.endpoint_puts("mnist-digits")[0])
-    assert fake.calls.index(scoring[0]) < first_step
+    first_step = fake.requests.index(fake.endpoint_puts("mnist-digits")[0])
+    assert fake.requests.index(scoring[0]) < first_step
     assert ("mnist-digits", "blue") in fake.deployments  # kept for a quick way back
     assert any("Smoke test of green passed (20 digits)" in m for m in messages)
 
@@ -142,10 +145,10 @@ def test_a_changed_environment_needs_a_new_version(fake, ml_client):
     conda = rollout.specs.ENVIRONMENT_SPEC.with_name("conda.yml").read_text()
     old = conda.replace("tensorflow-cpu==2.21.0", "tensorflow-cpu==2.20.0")
     image = rollout.specs.load_serving_environment().image
-    fake.seed_environment("tf-mnist-serving", "2", image, old)
+    fake.seed_environment("tf-mnist-serving", "3", image, old)
     with pytest.raises(rollout.RolloutError, match="differs from serving/environment/environment"):
         deploy(ml_client)
-    assert not [c for c in fake.calls if c.method not in ("GET", "HEAD")]
+    assert not [c for c in fake.requests if c.method not in ("GET", "HEAD")]
 
 
 def test_delete_old_removes_the_previous_colour(fake, ml_client):
@@ -246,7 +249,7 @@ def test_split_traffic_is_refused_before_anything_changes(fake, ml_client):
     fake.seed_endpoint("mnist-digits", {"blue": 50, "green": 50}, ["blue", "green"])
     with pytest.raises(rollout.RolloutError, match="splits its traffic"):
         deploy(ml_client)
-    assert not [c for c in fake.calls if c.method != "GET"]
+    assert not [c for c in fake.requests if c.method != "GET"]
 
 
 def test_bad_steps_are_refused(ml_client):
@@ -438,7 +441,7 @@ def test_a_bad_sampling_rate_is_a_usage_error(cli, fake, capsys, rate):
     assert "is not a share of requests: give a number above 0 and at most 1" in (
         capsys.readouterr().err
     )
-    assert not fake.calls
+    assert not fake.requests
 
 
 def test_deploy_monitor_points_the_drift_monitor_at_the_new_colour(fake, cli, capsys, mnist_dir):
@@ -617,7 +620,7 @@ def test_the_new_colour_reports_to_log_analytics_before_it_serves_and_then_autos
     }
     assert green_setting["metrics"] == [{"category": "AllMetrics", "enabled": True}]
     assert green_setting["logs"] == [] and green_setting["workspaceId"] == LOG_ANALYTICS_ID
-    assert fake.calls.index(diagnostics[-1]) < fake.calls.index(fake.scoring_calls()[0])
+    assert fake.requests.index(diagnostics[-1]) < fake.requests.index(fake.scoring_calls()[0])
 
     # Autoscale once green takes all traffic: 1-3 instances on CPU and requests per instance.
     (autoscale,) = fake.arm_calls("PUT", "/autoscalesettings/")
@@ -627,7 +630,9 @@ def test_the_new_colour_reports_to_log_analytics_before_it_serves_and_then_autos
     )
     assert autoscale.query["api-version"] == "2022-10-01"
     assert autoscale.headers["Authorization"] == f"Bearer {TOKEN}"
-    assert fake.calls.index(autoscale) > fake.calls.index(fake.endpoint_puts("mnist-digits")[-1])
+    assert fake.requests.index(autoscale) > fake.requests.index(
+        fake.endpoint_puts("mnist-digits")[-1]
+    )
     body = autoscale.json()
     assert body["location"] == "swedencentral"
     assert body["properties"]["enabled"] is True
@@ -696,10 +701,10 @@ def test_the_sampling_rate_overrides_the_spec(fake, ml_client):
 def test_a_sampling_rate_outside_0_to_1_is_refused_before_azure(fake, ml_client, rate):
     with pytest.raises(rollout.RolloutError, match="must be above 0 and at most 1"):
         deploy(ml_client, sampling_rate=rate)
-    assert not fake.calls
+    assert not fake.requests
 
 
 def test_the_no_code_deployment_has_nothing_to_sample(fake, ml_client):
     with pytest.raises(rollout.RolloutError, match=r"mlflow-deployment\.yml has no data_collector"):
         deploy(ml_client, no_code=True, sampling_rate=0.5)
-    assert not fake.calls
+    assert not fake.requests
