@@ -81,16 +81,16 @@ def test_first_rollout_creates_the_endpoint_and_serves_the_real_scorer(
     assert "azureml-inference-server-http==1.4.1" in environment["properties"]["condaFile"]
     assert "azureml-ai-monitoring==1.0.0" in environment["properties"]["condaFile"]
 
-    # Only the scoring code is uploaded (serving/.amlignore), under the folder's own name.
+    # Only the scoring code is uploaded (serving/code/), under the folder's own name.
     assert sorted(name.rsplit("/", 2)[-2:][1] for name in fake.blobs) == [
         "contract.py",
         "predictor.py",
         "request_log.py",
         "score.py",
     ]
-    assert all("/serving/" in name for name in fake.blobs)
+    assert all("/code/" in name for name in fake.blobs)
     uploaded = {name.rsplit("/", 1)[1]: body for name, body in fake.blobs.items()}
-    assert uploaded["score.py"] == rollout.specs.SERVING_DIR.joinpath("score.py").read_bytes()
+    assert uploaded["score.py"] == (rollout.specs.SERVING_DIR / "code" / "score.py").read_bytes()
 
     (put,) = fake.arm_calls("PUT", "/onlineEndpoints/mnist-digits/deployments/blue")
     properties = put.json()["properties"]
