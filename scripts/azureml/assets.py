@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -106,6 +107,32 @@ def model_tags(model_dir: str | os.PathLike[str]) -> dict[str, str]:
     )
 
 
+def model_description(model_dir: str | os.PathLike[str]) -> str:
+    """What the model takes and gives, from its MLmodel signature (the model's own shapes),
+    e.g. ``float32[-1,28,28,1] pixels in [0,1] -> float32[-1,10] digit probabilities``."""
+    import yaml
+
+    described = "MNIST digit classifier (training/train.py)"
+    try:
+        signature = yaml.safe_load((Path(model_dir) / "MLmodel").read_text())["signature"]
+        images, probabilities = (
+            json.loads(signature[side])[0]["tensor-spec"] for side in ("inputs", "outputs")
+        )
+    except (OSError, yaml.YAMLError, ValueError, LookupError, TypeError):
+        return described  # no tensor signature: the name and tags still say what it is
+
+    def tensor(spec: dict[str, object]) -> str:
+        shape = spec.get("shape")
+        return (
+            f"{spec.get('dtype')}[{','.join(map(str, shape if isinstance(shape, list) else []))}]"
+        )
+
+    return (
+        f"{described}: {tensor(images)} pixels in [0,1] -> {tensor(probabilities)} "
+        "digit probabilities"
+    )
+
+
 def register_model(
     ml_client: MLClient,
     *,
@@ -132,8 +159,7 @@ def register_model(
         name=name,
         path=path,
         type=AssetTypes.MLFLOW_MODEL,
-        description="MNIST DNN 784-300-100-10 (training/train.py): float32[-1,784] pixels in "
-        "[0,1] -> float32[-1,10] digit probabilities",
+        description=model_description(model_dir),
         tags=tags,
     )
     created = ml_client.models.create_or_update(model)
