@@ -36,6 +36,7 @@ def describe_write_error(exc: BaseException, what: str, path: Path | str) -> str
 
 
 def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (TensorFlow's often run to many), else its type."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 

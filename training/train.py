@@ -71,7 +71,7 @@ def make_dataset(
     seed: int,
     epoch: int | None,
     input_context: Any = None,
-):
+) -> Any:
     """Batches of (float32 [batch, *image] in [0, 1], int32 labels), shuffled by seed and epoch.
 
     ``images`` (uint8 [N, *image], shaped for the model) and ``labels`` stay in memory as
@@ -97,7 +97,7 @@ def make_dataset(
         else tf.data.Dataset.range(2**62)
     )
 
-    def epoch_batches(epoch_number):
+    def epoch_batches(epoch_number: Any) -> Any:
         order = tf.random.experimental.stateless_shuffle(
             tf.range(count, dtype=tf.int64),
             seed=tf.stack([tf.constant(seed, tf.int64), epoch_number]),
@@ -105,7 +105,7 @@ def make_dataset(
         usable = (tf.size(order) // batch_size) * batch_size
         return tf.data.Dataset.from_tensor_slices(tf.reshape(order[:usable], [-1, batch_size]))
 
-    def gather(batch_indices):
+    def gather(batch_indices: Any) -> tuple[Any, Any]:
         x = tf.cast(tf.gather(images, batch_indices), tf.float32) / 255.0
         return x, tf.gather(labels, batch_indices)
 
@@ -176,7 +176,7 @@ class Trainer:
         self._first_step_done = False
 
     # one synchronous step on every replica; returns (summed loss, correct count)
-    def _replica_step(self, x, y):
+    def _replica_step(self, x: Any, y: Any) -> tuple[Any, Any]:
         import keras
         import tensorflow as tf
 
@@ -194,7 +194,7 @@ class Trainer:
         )
         return tf.reduce_sum(per_example), correct
 
-    def _distributed_step(self, iterator):
+    def _distributed_step(self, iterator: Any) -> tuple[Any, Any]:
         import tensorflow as tf
 
         x, y = next(iterator)
