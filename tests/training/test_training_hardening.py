@@ -294,6 +294,20 @@ class OneProcessHorovod:
         return tape
 
 
+def worker_one_of_two(kind: str):
+    """Worker 1 of a two-worker cluster of ``kind`` (not the chief), in this one process."""
+    import tensorflow as tf
+
+    from training.distribute import MultiWorkerRuntime
+    from training.horovod_runtime import HorovodRuntime
+
+    where = {"is_chief": False, "worker_index": 1, "num_workers": 2}
+    strategy = tf.distribute.get_strategy()
+    if kind == "horovod":
+        return HorovodRuntime(kind, strategy, **where, hvd=OneProcessHorovod())
+    return MultiWorkerRuntime(kind, strategy, **where)
+
+
 @pytest.mark.parametrize("kind", ["multi_worker", "horovod"])
 def test_a_worker_that_is_not_the_chief_writes_nothing_into_the_output_dir(
     kind, tmp_path, monkeypatch
@@ -303,11 +317,7 @@ def test_a_worker_that_is_not_the_chief_writes_nothing_into_the_output_dir(
     model or metrics, even with tracking on."""
     import tempfile
 
-    import tensorflow as tf
-
     from training.config import parse_args
-    from training.distribute import MultiWorkerRuntime
-    from training.horovod_runtime import HorovodRuntime
     from training.train import train
 
     scratch = tmp_path / "scratch"
@@ -320,13 +330,7 @@ def test_a_worker_that_is_not_the_chief_writes_nothing_into_the_output_dir(
     chiefs.parent.mkdir(parents=True)
     chiefs.write_text('{"written by": "the chief"}')
     config = parse_args(["--epochs", "2", "--batch-size", "100", "--output-dir", str(out)])
-    where = {"is_chief": False, "worker_index": 1, "num_workers": 2}
-    strategy = tf.distribute.get_strategy()
-    if kind == "horovod":
-        runtime = HorovodRuntime(kind, strategy, **where, hvd=OneProcessHorovod())
-    else:
-        runtime = MultiWorkerRuntime(kind, strategy, **where)
-    assert train(config, tiny_mnist(), runtime) is None
+    assert train(config, tiny_mnist(), worker_one_of_two(kind)) is None
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
         "checkpoints",
         "checkpoints/run.json",
@@ -334,3 +338,35 @@ def test_a_worker_that_is_not_the_chief_writes_nothing_into_the_output_dir(
     assert chiefs.read_text() == '{"written by": "the chief"}'
     assert list(scratch.glob("ckpt-worker*")) == []  # its checkpoint scratch is removed
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "saved"),
+    [
+        ("multi_worker", ["checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]),
+        ("horovod", []),
+    ],
+)
+def test_a_non_chief_saves_checkpoints_only_where_saving_is_collective(
+    kind, saved, tmp_path, monkeypatch
+):
+    """A multi-worker checkpoint save is a collective operation, so worker 1 takes part, into
+    a scratch folder of its own that it removes at the end; a Horovod rank other than 0 saves
+    nothing. Neither writes into the output folder."""
+    import tempfile
+
+    from training.checkpoints import Checkpoints
+    from training.config import parse_args
+    from training.train import Trainer
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    config = parse_args(["--batch-size", "100", "--no-tracking"])
+    checkpoints = Checkpoints(Trainer(config, worker_one_of_two(kind), tiny_mnist()), tmp_path)
+    checkpoints.save(1, [{"epoch": 1}])
+    (own,) = scratch.glob("ckpt-worker1-*")
+    assert sorted(path.name for path in own.iterdir()) == saved
+    assert not (tmp_path / "checkpoints").exists()
+    checkpoints.close()
+    assert list(scratch.iterdir()) == []
