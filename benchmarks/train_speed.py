@@ -26,15 +26,17 @@ TARGET = 0.98
 def baseline(data, max_epochs: int) -> dict[str, float]:
     import keras
 
+    from training.model import NUM_CLASSES, NUM_PIXELS
+
     keras.utils.set_random_seed(0)
-    x_train = data.x_train.reshape(-1, 784).astype("float32") / 255.0
-    x_test = data.x_test.reshape(-1, 784).astype("float32") / 255.0
+    x_train = data.x_train.reshape(-1, NUM_PIXELS).astype("float32") / 255.0
+    x_test = data.x_test.reshape(-1, NUM_PIXELS).astype("float32") / 255.0
     model = keras.Sequential(
         [
-            keras.Input((784,)),
+            keras.Input((NUM_PIXELS,)),
             keras.layers.Dense(300, activation="relu"),
             keras.layers.Dense(100, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
+            keras.layers.Dense(NUM_CLASSES, activation="softmax"),
         ]
     )
     model.compile(

@@ -4,7 +4,7 @@
 is one builder function plus its training defaults. A builder returns an uncompiled Keras model
 with one input and one output; everything else follows from that model:
 
-- its keyword parameters are its options: each one that ``training/train.py`` has a flag for
+- its keyword parameters are its options: each one that ``training/config.py`` has a flag for (``MODEL_OPTIONS``)
   (``--first-layer-neurons``, ``--second-layer-neurons``, ``--dropout``) can be set from the
   command line, and its default is the parameter's default; a flag the builder does not take
   is refused for that model;
@@ -58,9 +58,7 @@ def dnn(
     return keras.Sequential(layers, name="mnist_dnn")
 
 
-def dnn_weights(
-    first_layer_neurons: int = 300, second_layer_neurons: int = 100, **_: Any
-) -> int:
+def dnn_weights(first_layer_neurons: int = 300, second_layer_neurons: int = 100, **_: Any) -> int:
     """Weights and biases of ``dnn``, counted without building it."""
     first, second = first_layer_neurons, second_layer_neurons
     return (NUM_PIXELS + 1) * first + (first + 1) * second + (second + 1) * NUM_CLASSES

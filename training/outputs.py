@@ -86,6 +86,7 @@ def write_reports(
     metrics: dict[str, Any],
     labels: np.ndarray,
     predictions: np.ndarray,
+    classes: int,
 ) -> list[Path]:
     from training.report import confusion_matrix, plot_confusion, plot_curves
 
@@ -94,7 +95,9 @@ def write_reports(
     return [
         metrics_path,
         plot_curves(history, output_dir / "training_curves.png"),
-        plot_confusion(confusion_matrix(labels, predictions), output_dir / "confusion_matrix.png"),
+        plot_confusion(
+            confusion_matrix(labels, predictions, classes), output_dir / "confusion_matrix.png"
+        ),
     ]
 
 
@@ -112,7 +115,8 @@ def write_outputs(
     try:
         images, labels = test_set
         save_model(model, output_dir / "model", example=images)
-        return write_reports(output_dir, history, metrics, labels, predictions)
+        classes = int(model.output_shape[-1])  # the model's own class count
+        return write_reports(output_dir, history, metrics, labels, predictions, classes)
     except tf_write_errors() as exc:
         raise OutputError(
             f"{describe_write_error(exc, 'the outputs in', output_dir)}. The checkpoint after "

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int = 10) -> np.ndarray:
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int) -> np.ndarray:
     """counts[true, predicted]."""
     counts = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(counts, (labels.astype(np.int64), predictions.astype(np.int64)), 1)

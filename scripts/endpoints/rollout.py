@@ -77,7 +77,7 @@ def load_sample_digits(path: Path = SAMPLE_DIGITS) -> SampleDigits:
 
 
 def probabilities_from_response(body: Any) -> np.ndarray:
-    """The ``(n, 10)`` probabilities in a response: score.py's object or MLflow's bare list."""
+    """The ``(n, classes)`` probabilities in a response: score.py's object or MLflow's bare list."""
     if isinstance(body, dict):
         body = body.get("probabilities", body.get("predictions"))
     array = np.asarray(body, dtype=np.float64)
@@ -93,8 +93,11 @@ def check_scores(body: Any, labels: Sequence[int]) -> list[str]:
     except (ValueError, TypeError) as exc:
         return [f"the response is not a batch of probabilities ({exc}): {str(body)[:200]}"]
     problems = []
-    if probabilities.shape != (len(labels), 10):
-        return [f"expected {len(labels)} x 10 probabilities, got {probabilities.shape}"]
+    from training.model import NUM_CLASSES
+
+    if probabilities.shape != (len(labels), NUM_CLASSES):
+        expected = f"{len(labels)} x {NUM_CLASSES}"
+        return [f"expected {expected} probabilities, got {probabilities.shape}"]
     sums = probabilities.sum(axis=1)
     if not np.allclose(sums, 1.0, atol=1e-3) or probabilities.min() < 0:
         problems.append(f"probabilities do not sum to 1 (sums {np.round(sums, 4).tolist()})")

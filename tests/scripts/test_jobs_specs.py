@@ -114,10 +114,11 @@ def test_the_sweep_searches_the_articles_hyperparameters_with_early_termination(
 
 def test_the_command_and_the_training_script_agree() -> None:
     """Every flag the component passes is one training/train.py parses, with its type."""
-    from training.train import parse_args
+    from training.config import parse_args
 
     plan = local_plan(load_spec(JOBS_DIR / "single.yml"))
     values = {
+        "model": "dnn",
         "mnist": "/data/mnist",
         "epochs": "2",
         "batch_size": "128",
@@ -131,12 +132,19 @@ def test_the_command_and_the_training_script_agree() -> None:
     argv = command.split()
     assert argv[:3] == ["python", "-m", "training.train"]
     config = parse_args(argv[3:])
-    assert (config.data_folder, config.epochs, config.batch_size) == ("/data/mnist", 2, 128)
+    assert (config.model, config.data_folder, config.epochs) == ("dnn", "/data/mnist", 2)
+    assert config.batch_size == 128
     assert (config.first_layer_neurons, config.second_layer_neurons) == (200, 50)
     assert (config.learning_rate, config.seed, config.output_dir) == (0.001, 7, "/out")
     # unset hyperparameters fall back to train.py's defaults (the defaults live there only)
     bare = parse_args(render_command(plan.command_template, {}, {"run": "/out"}).split()[3:])
     assert bare.epochs == parse_args([]).epochs and bare.data_folder is None
+    assert bare.model == "dnn"
+    # the model input chooses the architecture, and with it that model's own defaults
+    cnn = parse_args(
+        render_command(plan.command_template, {"model": "cnn"}, {"run": "/o"}).split()[3:]
+    )
+    assert (cnn.model, cnn.epochs, cnn.first_layer_neurons) == ("cnn", 4, None)
 
 
 def test_the_data_asset_is_the_mirror_training_downloads_from() -> None:

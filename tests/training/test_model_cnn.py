@@ -72,7 +72,7 @@ def test_the_dnns_layer_sizes_are_refused_for_the_cnn(run_python, tmp_path):
 
 
 def test_each_model_gets_its_own_defaults():
-    from training.train import parse_args
+    from training.config import parse_args
 
     dnn, cnn = parse_args([]), parse_args(["--model", "cnn"])
     assert (dnn.model, dnn.epochs, dnn.learning_rate) == ("dnn", 6, 3e-3)
