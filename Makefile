@@ -91,3 +91,8 @@ bench: $(STAMP) ## Run the benchmarks (training speed) and print ratios against 
 
 bench-serving: $(STAMP) ## Benchmark score.py under azmlinfsrv against model.predict and an empty run()
 	$(PY) -m benchmarks.serving_speed
+
+.PHONY: bench-concurrency
+bench-concurrency: $(STAMP) ## Load deployment.yml's serving settings with 1, 2, 4 clients (MODEL_DIR, SET="NAME=VALUE ...")
+	$(PY) -m benchmarks.serving_concurrency --model-dir $(or $(MODEL_DIR),outputs) \
+		$(foreach pair,$(SET),--set $(pair))

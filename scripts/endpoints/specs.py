@@ -13,6 +13,7 @@ Client side only (``python -m scripts serve|deploy``, the tests): not uploaded t
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,6 +173,29 @@ def _int_setting(variables: dict[str, str], name: str, default: int, problems: l
     return value
 
 
+def gunicorn_threads(variables: dict[str, str], problems: list[str]) -> int:
+    """Request threads per worker: ``--threads N`` in ``GUNICORN_CMD_ARGS``, else 1.
+
+    azmlinfsrv starts gunicorn's sync workers (one request at a time each); gunicorn reads
+    ``GUNICORN_CMD_ARGS`` from the environment, and ``--threads`` above 1 makes each worker a
+    threaded one that serves that many requests at once.
+    """
+    try:
+        words = shlex.split(variables.get("GUNICORN_CMD_ARGS", ""))
+    except ValueError as exc:
+        problems.append(f"environment_variables.GUNICORN_CMD_ARGS cannot be parsed: {exc}.")
+        return 1
+    threads = "1"
+    for i, word in enumerate(words):
+        if word == "--threads" and i + 1 < len(words):
+            threads = words[i + 1]
+        elif word.startswith("--threads="):
+            threads = word.partition("=")[2]
+    return _int_setting(
+        {"GUNICORN_CMD_ARGS --threads": threads}, "GUNICORN_CMD_ARGS --threads", 1, problems
+    )
+
+
 def check_deployment(
     deployment: ManagedOnlineDeployment,
     *,
@@ -186,6 +210,7 @@ def check_deployment(
     problems: list[str] = []
     variables = {k: str(v) for k, v in (deployment.environment_variables or {}).items()}
     workers = _int_setting(variables, "WORKER_COUNT", DEFAULT_WORKER_COUNT, problems)
+    request_threads = gunicorn_threads(variables, problems)
     scoring_ms = _int_setting(variables, "SCORING_TIMEOUT_MS", DEFAULT_SCORING_TIMEOUT_MS, problems)
     settings = deployment.request_settings
     request_ms = (settings and settings.request_timeout_ms) or DEFAULT_REQUEST_TIMEOUT_MS
@@ -208,11 +233,17 @@ def check_deployment(
                 f"than the {vcpus} vCPUs of {deployment.instance_type}: workers would fight over "
                 "cores. Lower one of them."
             )
-    if concurrent != workers:
+    if concurrent != workers * request_threads:
+        serves = (
+            "each azmlinfsrv worker serves one request at a time"
+            if request_threads == 1
+            else f"each worker serves {request_threads} requests at once (GUNICORN_CMD_ARGS "
+            f"--threads {request_threads}), {workers * request_threads} in all"
+        )
         problems.append(
             f"request_settings.max_concurrent_requests_per_instance is {concurrent} but "
-            f"WORKER_COUNT is {workers}: each azmlinfsrv worker serves one request at a time, so "
-            "more requests only queue and fewer leave workers idle. Make them equal."
+            f"WORKER_COUNT is {workers}: {serves}, so more requests only queue and fewer leave "
+            f"workers idle. Set it to {workers * request_threads}."
         )
     if scoring_ms + GATEWAY_MARGIN_MS > request_ms:
         problems.append(

@@ -113,6 +113,21 @@ def test_check_finds_concurrency_that_does_not_match_the_workers():
     assert "max_concurrent_requests_per_instance is 8 but WORKER_COUNT is 4" in problem
 
 
+def test_threaded_workers_multiply_the_concurrency():
+    deployment = _deployment(GUNICORN_CMD_ARGS="--timeout 60 --threads 2")
+    problem = _one_problem(deployment)
+    assert "max_concurrent_requests_per_instance is 4 but WORKER_COUNT is 4" in problem
+    assert "each worker serves 2 requests at once" in problem and "Set it to 8." in problem
+    deployment.request_settings.max_concurrent_requests_per_instance = 8
+    assert specs.check_deployment(deployment) == []
+    deployment = _deployment(GUNICORN_CMD_ARGS="--threads=3")
+    deployment.request_settings.max_concurrent_requests_per_instance = 12
+    assert specs.check_deployment(deployment) == []
+    problem = _one_problem(_deployment(GUNICORN_CMD_ARGS="--threads=many"))
+    assert "GUNICORN_CMD_ARGS --threads must be a whole number, not 'many'" in problem
+    assert "cannot be parsed" in _one_problem(_deployment(GUNICORN_CMD_ARGS="--threads '2"))
+
+
 def test_check_finds_more_threads_than_cores():
     deployment = _deployment(TF_NUM_INTRAOP_THREADS="2")
     assert "than the 4 vCPUs of Standard_DS3_v2" in _one_problem(deployment)

@@ -1,0 +1,475 @@
+"""Concurrency of the deployed scoring configuration: 1, 2 and 4 clients against azmlinfsrv.
+
+The server is serving/code/score.py (whatever scorer it is today) under the real ``azmlinfsrv``
+with the deployment's own settings: the environment variables of serving/deployment.yml
+(``specs.server_settings()``, as ``python -m scripts serve`` reads them: WORKER_COUNT, the
+thread and timeout variables), optionally changed with ``--set NAME=VALUE``, on 127.0.0.1.
+The workers are azmlinfsrv's own gunicorn *sync* workers, as on the endpoint (one request per
+worker at a time, a new connection per request), unless the configuration sets
+``GUNICORN_CMD_ARGS`` itself (``--set GUNICORN_CMD_ARGS=--threads=2`` makes threaded workers,
+as it would on Azure). ``python -m scripts serve`` uses threaded workers instead; this
+benchmark measures what the endpoint runs.
+
+Each level runs N client processes (each one ``http.client`` connection, kept alive when the
+server allows it) that send single real MNIST test images for ``--seconds`` (at most
+``--max-requests`` each), then a shorter round of batches of 256 images. Printed per level:
+requests/s, p50, p99, errors (non-200 answers, timeouts at the deployment's
+``request_timeout_ms``, connection errors) and the RSS of the gunicorn workers (sum and largest,
+read from /proc) before and after, with ratios against the 1-client level of the same run.
+The goals at the end print PASS or FAIL; the exit status is 1 if any fails.
+
+    MNIST_DATA_DIR=../shared/data/mnist python -m benchmarks.serving_concurrency \\
+        --model-dir outputs [--set WORKER_COUNT=2] [--seconds 15]
+
+Client and server share this machine's cores: with 2 cores the clients take CPU from the
+workers, so the figures say how the configuration behaves under contention (queueing, errors,
+memory), not what a 4-vCPU instance serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scripts.endpoints import specs
+from scripts.endpoints.local_server import LocalServer, ServerError
+
+LEVELS = (1, 2, 4)
+BATCH = 256
+SYNC_WORKERS = "--worker-class sync --threads 1"  # azmlinfsrv's gunicorn defaults, as deployed
+PROC = Path("/proc")
+# Worker memory may move a little as allocators settle; more than this after the load is growth.
+RSS_GROWTH_TOLERANCE = 0.05
+RSS_GROWTH_FLOOR_BYTES = 16 << 20
+# Throughput at the most clients against one client: at least this (noise allowed for; with
+# fewer workers than clients the extra requests only wait).
+SCALING_GOAL = 0.9
+RSS_GOAL_BYTES = 300 << 20  # issue 12: a scoring worker without TensorFlow
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q``-th percentile (0 < q <= 100): the smallest value with at least
+    ``q`` percent of the values at or below it. NaN for no values."""
+    if not 0 < q <= 100:
+        raise ValueError(f"percentile {q} is outside (0, 100]")
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = math.ceil(q / 100 * len(ordered))
+    return ordered[max(rank, 1) - 1]
+
+
+@dataclass
+class ClientRun:
+    """What one client process measured: seconds per successful request, and its errors."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # from the shared start to this client's last answer
+
+
+@dataclass(frozen=True)
+class Level:
+    clients: int
+    requests: int
+    errors: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    error_samples: tuple[str, ...]
+
+
+def aggregate(clients: int, runs: Iterable[ClientRun]) -> Level:
+    """One level's figures from its clients: throughput is the successful requests of all
+    clients over the longest client's time (they start together)."""
+    runs = list(runs)
+    latencies = [t for run in runs for t in run.latencies]
+    errors = [e for run in runs for e in run.errors]
+    wall = max((run.seconds for run in runs), default=0.0)
+    return Level(
+        clients=clients,
+        requests=len(latencies),
+        errors=len(errors),
+        requests_per_s=len(latencies) / wall if wall > 0 else 0.0,
+        p50_ms=percentile(latencies, 50) * 1e3,
+        p99_ms=percentile(latencies, 99) * 1e3,
+        error_samples=tuple(dict.fromkeys(errors))[:3],
+    )
+
+
+# --------------------------------------------------------------------------- worker memory
+
+
+def parent_pid(stat_text: str) -> int:
+    """The parent PID from a /proc/<pid>/stat line. The command name (field 2) is in
+    parentheses and may hold spaces or parentheses itself, so fields are counted after its
+    last ')'."""
+    return int(stat_text.rsplit(")", 1)[1].split()[1])
+
+
+def rss_bytes(status_text: str) -> int:
+    """Resident memory from a /proc/<pid>/status text (its ``VmRSS:  N kB`` line)."""
+    for line in status_text.splitlines():
+        if line.startswith("VmRSS:"):
+            value, unit = line.split()[1:3]
+            if unit != "kB":
+                raise ValueError(f"unexpected VmRSS unit {unit!r}")
+            return int(value) * 1024
+    raise ValueError("no VmRSS line (a kernel thread, or a process that has exited)")
+
+
+def child_pids(pid: int, proc: Path = PROC) -> list[int]:
+    """The live children of ``pid``: the gunicorn workers of a master."""
+    children = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if parent_pid((entry / "stat").read_text()) == pid:
+                children.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not a process entry
+    return sorted(children)
+
+
+@dataclass(frozen=True)
+class Memory:
+    rss: dict[int, int]  # worker PID -> bytes
+
+    @property
+    def total(self) -> int:
+        return sum(self.rss.values())
+
+    @property
+    def largest(self) -> int:
+        return max(self.rss.values(), default=0)
+
+    def describe(self) -> str:
+        return (
+            f"{len(self.rss)} workers, {self.total / 2**20:.0f} MB (max {self.largest / 2**20:.0f})"
+        )
+
+
+def worker_memory(master: int, proc: Path = PROC) -> Memory:
+    """RSS of each worker of the gunicorn master ``master``."""
+    rss = {}
+    for pid in child_pids(master, proc):
+        try:
+            rss[pid] = rss_bytes((proc / str(pid) / "status").read_text())
+        except (OSError, ValueError):
+            continue
+    return Memory(rss)
+
+
+def memory_grew(before: Memory, after: Memory) -> bool:
+    """More resident memory after the load than before, beyond the tolerance."""
+    allowed = max(RSS_GROWTH_FLOOR_BYTES, RSS_GROWTH_TOLERANCE * before.total)
+    return after.total - before.total > allowed
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    """``NAME=VALUE`` strings as a mapping; ValueError says what is wrong with a malformed one."""
+    overrides = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not name.replace("_", "").isalnum():
+            raise ValueError(
+                f"--set {pair!r} must be NAME=VALUE, an environment variable name and its "
+                "value, e.g. --set WORKER_COUNT=2."
+            )
+        overrides[name] = value
+    return overrides
+
+
+def effective_settings(deployed: dict[str, str], overrides: dict[str, str]) -> dict[str, str]:
+    """The server's variables: the deployment's, the overrides, and sync workers as deployed
+    (gunicorn arguments the configuration sets itself come after, so they win)."""
+    settings = {**deployed, **overrides}
+    own = settings.get("GUNICORN_CMD_ARGS", "")
+    settings["GUNICORN_CMD_ARGS"] = f"{SYNC_WORKERS} {own}".strip()
+    return settings
+
+
+def deployment_problems(overrides: dict[str, str], startup_seconds: float | None) -> list[str]:
+    """specs.check_deployment on deployment.yml with the overrides applied."""
+    deployment = specs.load_deployment()
+    deployment.environment_variables = {**deployment.environment_variables, **overrides}
+    return specs.check_deployment(deployment, startup_seconds=startup_seconds)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def request_bodies(count: int, batch: int) -> tuple[list[bytes], bytes]:
+    """``count`` single-image JSON bodies (real MNIST test digits) and one batch body."""
+    from training.data import load_mnist
+
+    images = load_mnist().x_test[: max(count, batch)]
+    flat = images.reshape(len(images), -1) / 255.0
+    singles = [json.dumps({"data": flat[i : i + 1].tolist()}).encode() for i in range(count)]
+    return singles, json.dumps({"data": flat[:batch].tolist()}).encode()
+
+
+class Connection:
+    """One client's connection, reopened whenever the server closes it (sync workers do after
+    every answer)."""
+
+    def __init__(self, port: int, timeout: float) -> None:
+        self.port = port
+        self.timeout = timeout
+        self.conn: http.client.HTTPConnection | None = None
+
+    def post(self, body: bytes) -> tuple[int, bytes]:
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+        try:
+            self.conn.request("POST", "/score", body, {"Content-Type": "application/json"})
+            response = self.conn.getresponse()
+            data = response.read()
+        except BaseException:
+            self.close()
+            raise
+        if response.will_close:
+            self.close()
+        return response.status, data
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def client_loop(
+    port: int,
+    bodies: Sequence[bytes],
+    offset: int,
+    seconds: float,
+    max_requests: int,
+    timeout: float,
+) -> ClientRun:
+    """Send the bodies in turn (from ``offset``) until the time or the count is used up."""
+    run = ClientRun()
+    conn = Connection(port, timeout)
+    started = time.perf_counter()
+    deadline = started + seconds
+    sent = 0
+    while sent < max_requests and time.perf_counter() < deadline:
+        body = bodies[(offset + sent) % len(bodies)]
+        sent += 1
+        begun = time.perf_counter()
+        try:
+            status, data = conn.post(body)
+        except (OSError, http.client.HTTPException) as exc:  # timeouts are OSErrors
+            run.errors.append(f"{type(exc).__name__}: {exc}")
+            continue
+        if status == 200:
+            run.latencies.append(time.perf_counter() - begun)
+        else:
+            run.errors.append(f"HTTP {status}: {data[:120]!r}")
+    conn.close()
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def _client_process(barrier: Any, results: Any, index: int, args: tuple[Any, ...]) -> None:
+    barrier.wait()
+    results.put((index, client_loop(*args)))
+
+
+def run_level(
+    clients: int,
+    port: int,
+    bodies: Sequence[bytes],
+    seconds: float,
+    max_requests: int,
+    timeout: float,
+) -> Level:
+    """``clients`` processes (the GIL would serialise threads) started together."""
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(clients)
+    results = context.Queue()
+    processes = [
+        context.Process(
+            target=_client_process,
+            args=(barrier, results, i, (port, bodies, i * 97, seconds, max_requests, timeout)),
+            daemon=True,
+        )
+        for i in range(clients)
+    ]
+    for process in processes:
+        process.start()
+    runs = [results.get(timeout=seconds + timeout + 60)[1] for _ in processes]
+    for process in processes:
+        process.join(10)
+    return aggregate(clients, runs)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def level_table(title: str, levels: Sequence[Level], memory: Sequence[Memory]) -> list[str]:
+    base = levels[0]
+    lines = [
+        title,
+        f"{'clients':>7} {'req/s':>8} {'x1':>6} {'p50 ms':>8} {'p99 ms':>8} {'p99 x1':>7} "
+        f"{'requests':>9} {'errors':>7} {'worker RSS after, MB (max)':>27}",
+    ]
+    for level, mem in zip(levels, memory, strict=True):
+        lines.append(
+            f"{level.clients:>7} {level.requests_per_s:>8.1f} "
+            f"{level.requests_per_s / base.requests_per_s if base.requests_per_s else 0:>5.2f}x "
+            f"{level.p50_ms:>8.2f} {level.p99_ms:>8.2f} {level.p99_ms / base.p99_ms:>6.2f}x "
+            f"{level.requests:>9} {level.errors:>7} "
+            f"{mem.total / 2**20:>20.0f} ({mem.largest / 2**20:.0f})"
+        )
+        lines += [f"        error: {sample}" for sample in level.error_samples]
+    return lines
+
+
+def goals(
+    levels: Sequence[Level], batches: Sequence[Level], before: Memory, after: Memory
+) -> list[tuple[str, bool]]:
+    every = [*levels, *batches]
+    errors = sum(level.errors for level in every)
+    top, one = levels[-1], levels[0]
+    scale = top.requests_per_s / one.requests_per_s if one.requests_per_s else 0.0
+    same_workers = set(before.rss) == set(after.rss)
+    return [
+        (f"errors at every level: {errors} (goal 0)", errors == 0),
+        (
+            f"throughput at {top.clients} clients vs 1: {scale:.2f}x (goal >= {SCALING_GOAL}x: "
+            "clients beyond the workers queue; they must not slow the server down)",
+            scale >= SCALING_GOAL,
+        ),
+        (
+            f"worker memory after the load: {after.describe()}, before {before.describe()} "
+            f"(goal: no growth beyond {RSS_GROWTH_TOLERANCE:.0%}, same worker processes)",
+            same_workers and not memory_grew(before, after),
+        ),
+        (
+            f"largest worker RSS {after.largest / 2**20:.0f} MB (issue 12 goal <= "
+            f"{RSS_GOAL_BYTES >> 20} MB)",
+            0 < after.largest <= RSS_GOAL_BYTES,
+        ),
+    ]
+
+
+def _describe_machine() -> str:
+    cores = len(os.sched_getaffinity(0))
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{cores} cores here, shared by the clients and the server; load average {load}"
+
+
+def _measure_all(
+    server: LocalServer, singles: list[bytes], batch: bytes, args: argparse.Namespace
+) -> tuple[list[Level], list[Level], list[Memory], Memory]:
+    assert server.process is not None
+    master = server.process.pid
+    timeout = args.request_timeout_ms / 1000
+    # Warm every worker (each takes a connection in turn) before the memory baseline.
+    run_level(max(args.levels), server.port, singles, 3.0, 50, timeout)
+    run_level(max(args.levels), server.port, [batch], 3.0, 3, timeout)
+    before = worker_memory(master)
+    levels, batches, memory = [], [], []
+    for clients in args.levels:
+        levels.append(
+            run_level(clients, server.port, singles, args.seconds, args.max_requests, timeout)
+        )
+        memory.append(worker_memory(master))
+    for clients in args.levels if args.batch_seconds > 0 else ():
+        batches.append(run_level(clients, server.port, [batch], args.batch_seconds, 1000, timeout))
+        memory.append(worker_memory(master))
+    return levels, batches, memory, before
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", default="outputs", help="training output or model folder")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change one of deployment.yml's environment variables (repeatable)",
+    )
+    parser.add_argument("--seconds", type=float, default=15.0, help="time per level")
+    parser.add_argument("--max-requests", type=int, default=20000, help="cap per client, level")
+    parser.add_argument("--batch-seconds", type=float, default=5.0, help="0: no batch round")
+    parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
+    args = parser.parse_args(argv)
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not Path(args.model_dir).is_dir():
+        parser.exit(2, f"--model-dir {args.model_dir} is not a folder: train one first "
+                       "(python -m training.train --output-dir DIR) and pass DIR.\n")  # fmt: skip
+    if not os.environ.get("MNIST_DATA_DIR"):
+        parser.exit(2, "Set MNIST_DATA_DIR to the MNIST folder: the clients send test digits.\n")
+    deployment = specs.load_deployment()
+    args.request_timeout_ms = (
+        deployment.request_settings and deployment.request_settings.request_timeout_ms
+    ) or specs.DEFAULT_REQUEST_TIMEOUT_MS
+    settings = effective_settings(specs.server_settings(), overrides)
+    singles, batch = request_bodies(200, BATCH)
+
+    shown = " ".join(f"{k}={v}" for k, v in settings.items() if k != "TF_CPP_MIN_LOG_LEVEL")
+    print(
+        f"Configuration: deployment.yml ({specs.model_settings_summary(deployment)}), overrides "
+        f"{overrides or 'none'}; server variables: {shown}",
+        flush=True,
+    )
+    print(f"Machine: {_describe_machine()}. Client timeout {args.request_timeout_ms} ms "
+          "(request_timeout_ms).", flush=True)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="serving-concurrency-") as folder:
+        server = LocalServer(
+            model_dir=args.model_dir, settings=settings, log_path=Path(folder) / "server.log"
+        )
+        try:
+            server.start(timeout=300)
+            print(f"Server healthy after {server.startup_seconds:.1f} s.", flush=True)
+            levels, batches, memory, before = _measure_all(server, singles, batch, args)
+            after = worker_memory(server.process.pid)  # type: ignore[union-attr]
+        except ServerError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        finally:
+            server.stop()
+
+    print()
+    print(f"worker RSS after warm-up: {before.describe()}")
+    print("\n".join(level_table("single images (one per request):", levels, memory[: len(levels)])))
+    if batches:
+        print()
+        table = level_table(f"batches of {BATCH} images:", batches, memory[len(levels) :])
+        print("\n".join(table))
+        print("  images/s: " + ", ".join(
+            f"{b.clients} clients {b.requests_per_s * BATCH:,.0f}" for b in batches))  # fmt: skip
+    print(f"Machine after the run: {_describe_machine()}.")
+    problems = deployment_problems(overrides, server.startup_seconds)
+    print("specs.check_deployment on this configuration: " + ("; ".join(problems) or "consistent"))
+    results = goals(levels, batches, before, after)
+    for text, met in results:
+        print(f"{'PASS' if met else 'FAIL'}  {text}")
+    return 0 if all(met for _, met in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
