@@ -22,6 +22,7 @@ wrong with a bad request.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -495,10 +496,53 @@ def parse_request(
         raise _explain_bad_data(data, form)
     if len(data) > max_batch:
         raise batch_too_large(len(data), max_batch)
+    if _numbers_only(body):  # the common case, in one C loop over the pixels
+        images = _plain_batch(data, form)
+        if images is not None:
+            return images
     # JSON true/false/null inside "data" would be coerced to numbers by numpy: refuse them here.
-    if b"true" in body or b"false" in body or b"null" in body:
+    elif b"true" in body or b"false" in body or b"null" in body:
         raise _explain_bad_data(data, form)
     return as_batch(data, form)
+
+
+def _numbers_only(body: bytes) -> bool:
+    """True when a body whose one key is "data" can hold nothing but numbers and lists there:
+    no quote beyond the key's two, and none of the letters of true, false and null (each
+    holds u, l or s; a number holds none). Single-byte searches, much faster than searching
+    for the words themselves; a False only sends the body down the careful path."""
+    return body.count(b'"') == 2 and not (b"u" in body or b"l" in body or b"s" in body)
+
+
+def _plain_batch(data: list[Any], form: ImageFormat) -> np.ndarray | None:
+    """The batch as float32 ``(n, *form.input_shape)`` when every image is ``form.pixels``
+    numbers, or every image ``form.image`` rows of numbers, all in [0, 1]; else None (and
+    :func:`as_batch` explains). Only for values known to be numbers (:func:`_numbers_only`):
+    ``numpy.fromiter`` would also read strings and booleans as numbers."""
+    pixels = form.pixels
+    if all(type(image) is list and len(image) == pixels for image in data):
+        values = itertools.chain.from_iterable(data)
+    elif form.image and _all_rows(data, *form.image):
+        values = itertools.chain.from_iterable(itertools.chain.from_iterable(data))
+    else:
+        return None
+    try:  # float64 first, so that the range check is exact, as in as_batch
+        flat = np.fromiter(values, np.float64, len(data) * pixels)
+    except (TypeError, ValueError, OverflowError):  # a list in place of a pixel, a huge int
+        return None
+    if not (flat.min() >= 0 and flat.max() <= 1):  # NaN fails both comparisons
+        return None
+    return flat.astype(np.float32).reshape(len(data), *form.input_shape)
+
+
+def _all_rows(data: list[Any], rows: int, columns: int) -> bool:
+    """Every image is ``rows`` lists of ``columns`` values."""
+    return all(
+        type(image) is list
+        and len(image) == rows
+        and all(type(row) is list and len(row) == columns for row in image)
+        for image in data
+    )
 
 
 def batch_too_large(count: int | None, max_batch: int) -> BadRequest:

@@ -12,9 +12,13 @@ A thin adapter over :class:`predictor.DigitClassifier`:
   malformed one a 400.
 
 Request ``{"data": [image, ...]}`` with each image flat or as rows, scaled to [0, 1] (for the
-MNIST models: 784 numbers or 28 lists of 28); response ``{"predictions": [class, ...],
-"probabilities": [[one float per class], ...]}``. The shapes are the model's own, read from the
-model folder's signature (predictor.ModelContract): the same script serves the DNN and the CNN.
+MNIST models: 784 numbers or 28 lists of 28), sent with any Content-Type but the one below; or,
+with ``Content-Type: application/x-npy``, the same batch as the bytes ``numpy.save`` writes:
+shape ``(n, pixels)`` or ``(n, rows, columns)``, float32 in [0, 1] or uint8 0-255 (npy_body.py;
+a .npy body sent as JSON gets a 415 saying which Content-Type to use). Response
+``{"predictions": [class, ...], "probabilities": [[one float per class], ...]}``. The shapes
+are the model's own, read from the model folder's signature (predictor.ModelContract): the
+same script serves the DNN and the CNN.
 ``SCORING_MAX_BATCH`` (set in deployment.yml) caps the images per request (413 above it).
 """
 
@@ -29,17 +33,23 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azureml_inference_server_http.api.aml_request import AMLRequest, rawhttp
 from azureml_inference_server_http.api.aml_response import AMLResponse
 from werkzeug.exceptions import HTTPException
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # The server loads this file by path, not as part of a package: make its siblings importable
 # wherever the code folder is mounted (/var/azureml-app/code on Azure, serving/code/ locally).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from contract import Shapes, complete
+from npy_body import CONTENT_TYPE as NPY_TYPE
+from npy_body import MAGIC as NPY_MAGIC
+from npy_body import max_npy_body_bytes, parse_npy
 from predictor import (
     DEFAULT_MAX_BATCH,
     BadRequest,
@@ -53,7 +63,8 @@ MAX_BATCH_ENV = "SCORING_MAX_BATCH"
 TIMEOUT_ENV = "SCORING_TIMEOUT_MS"  # azmlinfsrv's own setting (default one hour)
 DEFAULT_TIMEOUT_MS = 3_600_000
 _classifier: DigitClassifier | None = None
-_max_body = 0
+_max_body = 0  # JSON
+_max_npy_body = 0
 _read_seconds = 0.0
 _JSON = {"Content-Type": "application/json"}
 _DISCARD_LIMIT = 100 << 20  # what the endpoint's front end accepts (client_max_body_size 100m)
@@ -101,12 +112,13 @@ def _publish_contract(classifier: DigitClassifier) -> None:
 
 def init() -> None:
     """Load and warm up the model; fail with a message saying what was expected where."""
-    global _classifier, _max_body, _read_seconds, _collection
+    global _classifier, _max_body, _max_npy_body, _read_seconds, _collection
     max_batch = _positive_int_from_env(MAX_BATCH_ENV, DEFAULT_MAX_BATCH, "images")
     timeout_ms = _positive_int_from_env(TIMEOUT_ENV, DEFAULT_TIMEOUT_MS, "milliseconds")
     _classifier = DigitClassifier.load(os.environ.get("AZUREML_MODEL_DIR"), max_batch=max_batch)
     _classifier.warm_up()
     _max_body = max_body_bytes(max_batch, _classifier.contract)
+    _max_npy_body = max_npy_body_bytes(max_batch, _classifier.contract)
     _read_seconds = timeout_ms / 2000  # half the scoring timeout for the body, half for scoring
     _publish_contract(_classifier)
     _collection = DataCollection.from_environment()
@@ -231,15 +243,15 @@ def _unreadable(exc: BaseException) -> BadRequest:
     )
 
 
-def _read_body(request: AMLRequest) -> bytes:
+def _read_body(request: AMLRequest, max_body: int) -> bytes:
     """The body, read within the size limit and the deadline; :class:`BadRequest` otherwise.
 
-    The limit counts the bytes actually read, so a chunked body (no ``Content-Length``) is held
-    to it too. Beyond the limit, up to ``_DISCARD_LIMIT`` more bytes are read and dropped so that
-    the client sees the 413 rather than a reset connection.
+    The limit (``max_body`` bytes) counts the bytes actually read, so a chunked body (no
+    ``Content-Length``) is held to it too. Beyond the limit, up to ``_DISCARD_LIMIT`` more bytes
+    are read and dropped so that the client sees the 413 rather than a reset connection.
     """
     declared = request.content_length
-    limit = 0 if declared is not None and declared > _max_body else _max_body
+    limit = 0 if declared is not None and declared > max_body else max_body
     sock = request.environ.get("gunicorn.socket")
     deadline = time.monotonic() + _read_seconds
     token = _watchdog.watch(sock, deadline) if sock is not None else None
@@ -306,9 +318,29 @@ def _respond(request: AMLRequest) -> tuple[AMLResponse, int | None]:
             allow,
         ), None
     try:
-        images = _classifier.parse(_read_body(request))
+        images = _parse(request)
         prediction = _classifier.predict(images)
     except BadRequest as exc:
         return _error(exc), None
     _collection.collect(images, prediction.probabilities)
     return AMLResponse(prediction.to_json(), 200, _JSON), len(images)
+
+
+def _parse(request: AMLRequest) -> np.ndarray:
+    """The images of the request, by its Content-Type: a .npy array for application/x-npy,
+    JSON for anything else (a missing or other Content-Type was always read as JSON)."""
+    contract = _classifier.contract
+    if request.mimetype == NPY_TYPE:
+        body = _read_body(request, _max_npy_body)
+        return parse_npy(body, contract, max_batch=_classifier.max_batch)
+    body = _read_body(request, _max_body)
+    if body.startswith(NPY_MAGIC):
+        sent = request.mimetype or "none"
+        raise BadRequest(
+            f"The request body is a .npy array but its Content-Type is {sent[:60]!r}: send it "
+            f"with Content-Type: {NPY_TYPE}, or send JSON such as "
+            f'{{"data": [[...{contract.pixels} numbers...]]}}.',
+            status=415,
+            code="UnsupportedMediaType",
+        )
+    return _classifier.parse(body)
