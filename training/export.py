@@ -11,7 +11,14 @@ The folder (``OUTPUT_DIR/model``) is the contract between training and serving. 
   ``serving_input_example.json``);
 - ``requirements.txt``, ``conda.yaml`` and ``python_env.yaml`` pinned to what loads it;
 - ``data/model.keras``, and no pickled Python objects: it loads with MLflow and TensorFlow
-  alone, in a process that cannot import this repository (an Azure ML no-code deployment).
+  alone, in a process that cannot import this repository (an Azure ML no-code deployment);
+- ``data/model.onnx``, the same model converted to ONNX (tf2onnx), which the scoring worker
+  runs with ONNX Runtime instead of importing TensorFlow, and ``data/onnx_probe.npz``: probe
+  images, Keras's probabilities for them and the SHA-256 of the ``model.keras`` they came
+  from, so that serving checks at load, without TensorFlow, that the two halves agree. MLflow
+  ignores both files. Written only where tf2onnx and onnxruntime are installed and ONNX
+  Runtime's probabilities match Keras's within ``ONNX_TOLERANCE``; otherwise one line says why
+  and the folder has no ONNX file (serving then falls back to TensorFlow). Never a failed run.
 
 Two writers produce the same layout. Where MLflow is installed, ``mlflow.tensorflow.save_model``
 writes it. The Horovod environment (TensorFlow 2.13 with tf.keras 2, no MLflow: see
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -44,6 +52,11 @@ DATA = "data"
 KERAS_FILE = "model.keras"
 STAGING_SUFFIX = ".partial"
 INPUT_EXAMPLE_ROWS = 2  # small: two MNIST images are 12 kB of JSON (21 kB indented, for serving)
+ONNX_FILE = "model.onnx"  # beside the Keras file: what the scoring worker runs
+ONNX_PROBE_FILE = "onnx_probe.npz"  # probe inputs, Keras's probabilities, the Keras file's hash
+ONNX_OPSET = 17
+ONNX_TOLERANCE = 1e-5  # largest difference from Keras's probabilities, here and at serving
+ONNX_PROBE_ROWS = 8  # real images from the example, and as many seeded random ones
 
 # What loads a model written by tf.keras 2 (Horovod) once its weights have Keras 3's layout:
 # the serving stack (serving/environment/conda.yml) and the MLflow of requirements.txt.
@@ -98,6 +111,7 @@ def write_model_folder(model: Any, path: Path, example: np.ndarray) -> None:
         write_without_mlflow(model, path, example)
     else:
         write_with_mlflow(model, path, example)
+    write_onnx(path, example)
 
 
 # ---------------------------------------------------------------------------- what both share
@@ -144,6 +158,102 @@ def _refuse_pickles(path: Path) -> None:
             "keras.utils.register_keras_serializable; the saved model must be built from "
             "Keras' own layers"
         )
+
+
+# ---------------------------------------------------------------------------- ONNX
+
+
+def write_onnx(path: Path, example: np.ndarray) -> bool:
+    """Add ``data/model.onnx`` and its probe to the model folder at ``path``, converted from the
+    ``data/model.keras`` written there; True if written. Where the converter is missing (the
+    Horovod environment) or the conversion fails or disagrees with Keras, one line says why and
+    the folder is left as it was: serving falls back to TensorFlow, training does not fail."""
+    data = path / DATA
+    try:
+        difference, probes = _convert_to_onnx(data, example)
+    except Exception as exc:  # the converter may raise anything; the model itself is saved
+        for name in (ONNX_FILE, ONNX_PROBE_FILE):
+            (data / name).unlink(missing_ok=True)
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        print(
+            f"No ONNX export ({reason}): the model folder has {DATA}/{KERAS_FILE} only, which "
+            "serving runs with TensorFlow (slower start, more memory per worker).",
+            flush=True,
+        )
+        return False
+    print(
+        f"ONNX export: {DATA}/{ONNX_FILE} agrees with Keras within {difference:.1e} on "
+        f"{probes} probe images.",
+        flush=True,
+    )
+    return True
+
+
+def _convert_to_onnx(data: Path, example: np.ndarray) -> tuple[float, int]:
+    """Convert ``data/model.keras`` (as saved, outside any distribution strategy's variables),
+    check ONNX Runtime against Keras on probe images, then write the ONNX file and the probe.
+    Returns the largest difference and the number of probe images."""
+    try:
+        import onnxruntime
+        import tf2onnx
+    except ImportError as exc:
+        raise ImportError(
+            f"{exc.name} is not installed (pip install tf2onnx==1.17.0 onnxruntime==1.32.0)"
+        ) from None
+    import keras
+    import tensorflow as tf
+
+    keras_file = data / KERAS_FILE
+    model = keras.models.load_model(keras_file, compile=False)
+    spec = model.inputs[0]
+    input_shape = [None, *(int(size) for size in spec.shape[1:])]
+
+    def forward(images: Any) -> Any:
+        return model(images, training=False)
+
+    proto, _ = tf2onnx.convert.from_function(
+        tf.function(forward),
+        input_signature=(tf.TensorSpec(input_shape, tf.float32, name="images"),),
+        opset=ONNX_OPSET,
+    )
+    onnx_bytes = proto.SerializeToString()
+    probe = onnx_probe(model, example)
+    expected = np.asarray(model(probe, training=False), dtype=np.float32)
+    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: probe})
+    difference = float(np.abs(got - expected).max()) if got.shape == expected.shape else np.inf
+    if not difference <= ONNX_TOLERANCE:
+        raise ValueError(
+            f"ONNX Runtime's probabilities {got.shape} differ from Keras's {expected.shape} by "
+            f"{difference:.1e}, more than {ONNX_TOLERANCE}"
+        )
+    (data / ONNX_FILE).write_bytes(onnx_bytes)
+    with (data / ONNX_PROBE_FILE).open("wb") as file:
+        np.savez(
+            file,
+            inputs=probe,
+            probabilities=expected,
+            keras_sha256=np.asarray(sha256_of(keras_file)),
+        )
+    return difference, len(probe)
+
+
+def onnx_probe(model: Any, example: np.ndarray) -> np.ndarray:
+    """Probe images in the model's input shape: the first real ones of ``example``, then as many
+    seeded random ones (less certain answers, so a wrong weight shows in the probabilities)."""
+    shape = tuple(int(size) for size in model.inputs[0].shape[1:])
+    real = np.asarray(example[:ONNX_PROBE_ROWS], dtype=np.float32).reshape(-1, *shape)
+    noise = np.random.default_rng(0).random((ONNX_PROBE_ROWS, *shape), dtype=np.float32)
+    return np.concatenate([real, noise])
+
+
+def sha256_of(path: Path) -> str:
+    """The file's SHA-256, hex (serving/code/predictor.py computes the same)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------- with MLflow

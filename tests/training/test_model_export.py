@@ -52,6 +52,8 @@ MODEL_FILES = {
     "data/keras_module.txt",
     "data/save_format.txt",
 }
+# Beside the Keras model where tf2onnx and onnxruntime are installed (not the Horovod env).
+ONNX_FILES = {"data/model.onnx", "data/onnx_probe.npz"}
 
 
 def tiny_model(inputs: int = 12, classes: int = 3):
@@ -101,7 +103,7 @@ def test_signature_and_example_are_read_from_the_model(tmp_path):
         f"tensorflow=={tf.__version__}",
         f"keras=={keras.__version__}",
     ]
-    assert set(files_of(out)) == MODEL_FILES
+    assert set(files_of(out)) == MODEL_FILES | ONNX_FILES
 
 
 def test_an_image_models_signature_and_example_keep_its_image_shape(tmp_path):
@@ -195,6 +197,71 @@ def test_horovod_models_pin_the_serving_stack():
     assert expected == export.KERAS3_REQUIREMENTS
     requirements = (ROOT / "requirements.txt").read_text().split()
     assert export.MLFLOW_REQUIREMENT in requirements
+
+
+# ------------------------------------------------------------------ ONNX beside Keras
+
+
+@pytest.mark.parametrize("shape", [(12,), (6, 6, 1)], ids=["flat", "image"])
+def test_the_folder_carries_an_onnx_model_that_computes_what_keras_does(tmp_path, shape):
+    """data/model.onnx takes the model's own input shape (any batch) and gives Keras's
+    probabilities; its probe holds real and random images, Keras's answers and the hash of the
+    Keras file it was converted from."""
+    import hashlib
+
+    import keras
+    import onnxruntime
+
+    model = keras.Sequential(
+        [keras.Input(shape=shape), keras.layers.Flatten(), keras.layers.Dense(3, "softmax")]
+    )
+    rows = np.random.default_rng(3).random((20, *shape)).astype(np.float32)
+    out = export.save_model(model, tmp_path / "model", example=rows)
+    assert set(files_of(out)) == MODEL_FILES | ONNX_FILES
+
+    session = onnxruntime.InferenceSession(str(out / "data/model.onnx"))
+    (tensor,) = session.get_inputs()
+    assert tensor.shape[1:] == list(shape) and tensor.type == "tensor(float)"
+    for batch in (rows[:1], rows):
+        (got,) = session.run(None, {tensor.name: batch})
+        np.testing.assert_allclose(got, np.asarray(model(batch, training=False)), atol=1e-6)
+
+    with np.load(out / "data/onnx_probe.npz", allow_pickle=False) as probe:
+        inputs, probabilities = probe["inputs"], probe["probabilities"]
+        source = str(probe["keras_sha256"])
+    assert inputs.shape == (16, *shape) and inputs.dtype == np.float32
+    np.testing.assert_array_equal(inputs[:8], rows[:8])  # the first real images, then noise
+    np.testing.assert_allclose(probabilities, np.asarray(model(inputs, training=False)), atol=1e-6)
+    keras_file = (out / "data/model.keras").read_bytes()
+    assert source == hashlib.sha256(keras_file).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("break_it", "reason"),
+    [
+        pytest.param(
+            lambda monkeypatch: monkeypatch.setitem(sys.modules, "tf2onnx", None),
+            "ImportError: tf2onnx is not installed (pip install tf2onnx==",
+            id="no-converter",
+        ),
+        pytest.param(
+            lambda monkeypatch: monkeypatch.setattr(export, "ONNX_TOLERANCE", -1.0),
+            "ValueError: ONNX Runtime's probabilities (10, 3) differ from Keras's (10, 3) by",
+            id="disagrees",
+        ),
+    ],
+)
+def test_without_a_good_conversion_the_folder_has_keras_only_and_one_line_says_why(
+    tmp_path, monkeypatch, capsys, break_it, reason
+):
+    """The Horovod environment has no tf2onnx; a conversion may fail or disagree. Either way
+    the model is saved (training does not fail), without ONNX files, and the log says why."""
+    break_it(monkeypatch)
+    out = export.save_model(tiny_model(), tmp_path / "model", example=np.zeros((2, 12)))
+    assert set(files_of(out)) == MODEL_FILES
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "ONNX" in line]
+    assert line.startswith(f"No ONNX export ({reason}")
+    assert "serving runs with TensorFlow" in line
 
 
 # ------------------------------------------------------------------ atomic replacement
@@ -392,7 +459,8 @@ def test_every_mode_writes_a_model_that_mlflow_alone_loads_at_the_reported_accur
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["distribution"] == mode
     model_dir = output / "model"
-    assert set(files_of(model_dir)) == MODEL_FILES  # no pickles, nothing else
+    onnx = ONNX_FILES if mode != "horovod" else set()  # no tf2onnx in the Horovod env
+    assert set(files_of(model_dir)) == MODEL_FILES | onnx  # no pickles, nothing else
     meta = mlmodel(model_dir)
     assert set(meta["flavors"]) == {"tensorflow", "python_function"}
     assert meta["signature"]["inputs"] == UNNAMED_784
