@@ -26,8 +26,9 @@ import itertools
 import json
 import math
 import os
+import struct
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -517,22 +518,31 @@ def _numbers_only(body: bytes) -> bool:
 def _plain_batch(data: list[Any], form: ImageFormat) -> np.ndarray | None:
     """The batch as float32 ``(n, *form.input_shape)`` when every image is ``form.pixels``
     numbers, or every image ``form.image`` rows of numbers, all in [0, 1]; else None (and
-    :func:`as_batch` explains). Only for values known to be numbers (:func:`_numbers_only`):
-    ``numpy.fromiter`` would also read strings and booleans as numbers."""
+    :func:`as_batch` explains). Each image is packed as C doubles in one ``struct`` call (about
+    twice as fast as ``numpy.asarray`` over the lists). Only for values known to be numbers
+    (:func:`_numbers_only`): ``struct`` would also take booleans as numbers."""
     pixels = form.pixels
-    if all(type(image) is list and len(image) == pixels for image in data):
-        values = itertools.chain.from_iterable(data)
-    elif form.image and _all_rows(data, *form.image):
-        values = itertools.chain.from_iterable(itertools.chain.from_iterable(data))
-    else:
+    image = _doubles(pixels)
+    try:
+        if all(type(values) is list and len(values) == pixels for values in data):
+            packed = b"".join([image.pack(*values) for values in data])
+        elif form.image and _all_rows(data, *form.image):
+            chain = itertools.chain.from_iterable
+            packed = b"".join([image.pack(*chain(rows)) for rows in data])
+        else:
+            return None
+    except (struct.error, TypeError, OverflowError):  # a list in place of a pixel, a huge int
         return None
-    try:  # float64 first, so that the range check is exact, as in as_batch
-        flat = np.fromiter(values, np.float64, len(data) * pixels)
-    except (TypeError, ValueError, OverflowError):  # a list in place of a pixel, a huge int
-        return None
+    flat = np.frombuffer(packed, np.float64)  # float64 first: the range check is exact
     if not (flat.min() >= 0 and flat.max() <= 1):  # NaN fails both comparisons
         return None
     return flat.astype(np.float32).reshape(len(data), *form.input_shape)
+
+
+@lru_cache(maxsize=4)
+def _doubles(count: int) -> struct.Struct:
+    """Packs ``count`` numbers as C doubles."""
+    return struct.Struct(f"{count}d")
 
 
 def _all_rows(data: list[Any], rows: int, columns: int) -> bool:
