@@ -18,6 +18,12 @@ the naive scorer runs afterwards on its own:
 Measured for each: single-image requests per second, their p50 and p99 latency, and images
 per second in requests of 256. The images are real MNIST test digits when MNIST is available.
 
+Then the two request formats at batch 256, on servers of their own, round-robin: score.py with
+a JSON body, with a ``.npy`` body (``Content-Type: application/x-npy``, float32 and uint8),
+and **JSON before**, score.py with the JSON parser it had before issue 12
+(``benchmarks/serving_baselines/json_before_score.py``), today's JSON figure measured in the
+same run. Goals: JSON >= 1.5x and npy >= 5x that figure.
+
     MNIST_DATA_DIR=../shared/data/mnist python -m benchmarks.serving_speed [--model-dir outputs]
 
 Goals: >= 10x the naive scorer's single-image throughput, p99 < 5 ms, and within 1.5x of the
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import io
 import json
 import os
 import statistics
@@ -50,8 +57,11 @@ SCORERS = {
     "score.py": SCORE_SCRIPT,
     "naive": BASELINES / "naive_score.py",
     "empty": BASELINES / "empty_score.py",
+    "json-before": BASELINES / "json_before_score.py",
 }
 BATCH = 256
+JSON_TYPE = "application/json"
+NPY_TYPE = "application/x-npy"
 
 
 @dataclass
@@ -99,17 +109,18 @@ class Client:
     def __init__(self, port: int) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
-    def post(self, body: bytes) -> float:
+    def post(self, body: bytes, content_type: str = JSON_TYPE) -> float:
         """Seconds for one request, from send to the last byte of the answer."""
+        headers = {"Content-Type": content_type}
         started = time.perf_counter()
         try:
-            self.conn.request("POST", "/score", body, {"Content-Type": "application/json"})
+            self.conn.request("POST", "/score", body, headers)
             response = self.conn.getresponse()
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
             # The server closed the kept-alive connection while it sat idle: reconnect once.
             self.conn.close()
             started = time.perf_counter()
-            self.conn.request("POST", "/score", body, {"Content-Type": "application/json"})
+            self.conn.request("POST", "/score", body, headers)
             response = self.conn.getresponse()
         data = response.read()
         elapsed = time.perf_counter() - started
@@ -199,7 +210,90 @@ def measure(
     then the naive scorer on its own (its busy Keras threads would slow the others down)."""
     results = _measure(["score.py", "empty"], model_dir, single, batch, args, log_dir)
     results.update(_measure(["naive"], model_dir, single, batch, args, log_dir))
-    return {name: results[name] for name in SCORERS}
+    return {name: results[name] for name in ("score.py", "naive", "empty")}
+
+
+@dataclass(frozen=True)
+class BatchTarget:
+    """One way of sending the batch: to which server, as which bytes."""
+
+    server: str
+    body: bytes
+    content_type: str
+
+
+def batch_targets(images: np.ndarray) -> dict[str, BatchTarget]:
+    """The batch as JSON (to score.py and to the JSON-before baseline) and as .npy bodies."""
+
+    def npy(array: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        return buffer.getvalue()
+
+    json_body = json.dumps({"data": images.tolist()}).encode()
+    pixels = np.rint(images * 255).astype(np.uint8)  # the digits' own 0-255 values
+    return {
+        "JSON before": BatchTarget("json-before", json_body, JSON_TYPE),
+        "JSON": BatchTarget("score.py", json_body, JSON_TYPE),
+        "npy float32": BatchTarget("score.py", npy(images.astype(np.float32)), NPY_TYPE),
+        "npy uint8": BatchTarget("score.py", npy(pixels), NPY_TYPE),
+    }
+
+
+def measure_formats(
+    model_dir: Path, targets: dict[str, BatchTarget], args: argparse.Namespace, log_dir: Path
+) -> dict[str, float]:
+    """Images/s at batch 256 for each target, timed round-robin (one request to each in turn)
+    on two one-worker servers: score.py and the JSON-before baseline."""
+    settings = {**specs.server_settings(), "WORKER_COUNT": "1"}
+    servers = {
+        name: LocalServer(
+            model_dir=model_dir,
+            settings=settings,
+            log_path=log_dir / f"formats-{SCORERS[name].stem}.log",
+            entry_script=SCORERS[name],
+        )
+        for name in {target.server for target in targets.values()}
+    }
+    times: dict[str, list[float]] = {label: [] for label in targets}
+    try:
+        for server in servers.values():
+            server.start()
+        clients = {name: Client(server.port) for name, server in servers.items()}
+        labels = list(targets)
+        deadline = time.perf_counter() + args.seconds
+        for round_ in range(3 + args.batch_requests):  # the first 3 rounds warm up
+            if time.perf_counter() > deadline:
+                break
+            shift = round_ % len(labels)
+            for label in labels[shift:] + labels[:shift]:
+                target = targets[label]
+                elapsed = clients[target.server].post(target.body, target.content_type)
+                if round_ >= 3:
+                    times[label].append(elapsed)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return {label: BATCH * len(t) / sum(t) for label, t in times.items() if t}
+
+
+def format_goals(
+    rates: dict[str, float], targets: dict[str, BatchTarget]
+) -> list[tuple[str, bool]]:
+    """Print each format's images/s against today's JSON; the goals, met or not."""
+    base = rates["JSON before"]
+    print(f"\nbatch of {BATCH}, each format (round-robin, same run; ratio vs JSON before):")
+    for label, rate in rates.items():
+        size = len(targets[label].body)
+        print(f"  {label:<12} {rate:>10.0f} images/s {rate / base:>6.2f}x  ({size:,} bytes)")
+    json_ratio = rates["JSON"] / base
+    npy_ratio = min(rates["npy float32"], rates["npy uint8"]) / base
+    return [
+        (f"JSON images/s at batch {BATCH} vs before: {json_ratio:.2f}x (goal >= 1.5x)",
+         json_ratio >= 1.5),
+        (f"npy images/s at batch {BATCH} (the slower dtype) vs JSON before: {npy_ratio:.1f}x "
+         "(goal >= 5x)", npy_ratio >= 5),
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in results.values():
             print(f"  {r.name}: {r.single_requests} single-image and {r.batch_requests} batch "
                   "requests timed", flush=True)  # fmt: skip
+        targets = batch_targets(images)
+        rates = measure_formats(model_dir, targets, args, work)
 
     print()
     print(f"{'scorer':<10} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'images/s @256':>14}")
@@ -247,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         f"batch of {BATCH}: {ours.images_per_s / naive.images_per_s:.1f}x the naive scorer's "
         f"images/s, {ours.images_per_s / BATCH:.1f} requests/s"
     )
+    goals += format_goals(rates, targets)
     for text, met in goals:
         print(f"{'PASS' if met else 'MISS'}  {text}")
     return 0 if all(met for _, met in goals) else 1
