@@ -76,7 +76,7 @@ def test_first_rollout_creates_the_endpoint_and_serves_the_real_scorer(
     endpoint_put = fake.endpoint_puts("mnist-digits")[0].json()
     assert endpoint_put["properties"]["authMode"] == "AADToken"
 
-    environment = fake.arm_calls("PUT", "/environments/tf-mnist-serving/versions/3")[0].json()
+    environment = fake.arm_calls("PUT", "/environments/tf-mnist-serving/versions/4")[0].json()
     assert environment["properties"]["image"].startswith("mcr.microsoft.com/azureml/openmpi5.0")
     assert "azureml-inference-server-http==1.4.1" in environment["properties"]["condaFile"]
     assert "azureml-ai-monitoring==1.0.0" in environment["properties"]["condaFile"]
@@ -95,7 +95,7 @@ def test_first_rollout_creates_the_endpoint_and_serves_the_real_scorer(
     (put,) = fake.arm_calls("PUT", "/onlineEndpoints/mnist-digits/deployments/blue")
     properties = put.json()["properties"]
     assert properties["model"] == f"{WS_PATH}/models/tf-mnist/versions/2"
-    assert properties["environmentId"] == f"{WS_PATH}/environments/tf-mnist-serving/versions/3"
+    assert properties["environmentId"] == f"{WS_PATH}/environments/tf-mnist-serving/versions/4"
     assert properties["codeConfiguration"]["scoringScript"] == "score.py"
     assert properties["codeConfiguration"]["codeId"].startswith(f"{WS_PATH}/codes/")
     assert properties["instanceType"] == "Standard_DS3_v2"
@@ -119,7 +119,7 @@ def test_blue_to_green_shifts_traffic_in_steps_after_a_smoke_test(fake, ml_clien
     fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
     environment = rollout.specs.load_serving_environment()
     conda = rollout.specs.ENVIRONMENT_SPEC.with_name("conda.yml").read_text()
-    fake.seed_environment("tf-mnist-serving", "3", environment.image, conda)
+    fake.seed_environment("tf-mnist-serving", "4", environment.image, conda)
     messages: list[str] = []
     report = deploy(ml_client, messages, model="azureml:tf-mnist:2")
 
@@ -145,7 +145,7 @@ def test_a_changed_environment_needs_a_new_version(fake, ml_client):
     conda = rollout.specs.ENVIRONMENT_SPEC.with_name("conda.yml").read_text()
     old = conda.replace("tensorflow-cpu==2.21.0", "tensorflow-cpu==2.20.0")
     image = rollout.specs.load_serving_environment().image
-    fake.seed_environment("tf-mnist-serving", "3", image, old)
+    fake.seed_environment("tf-mnist-serving", "4", image, old)
     with pytest.raises(rollout.RolloutError, match="differs from serving/environment/environment"):
         deploy(ml_client)
     assert not [c for c in fake.requests if c.method not in ("GET", "HEAD")]
