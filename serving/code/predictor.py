@@ -1,7 +1,7 @@
 """The MNIST digit classifier behind the endpoint: find and load the model, check requests, score.
 
-Plain Python over numpy and TensorFlow, with no web server in sight: ``score.py`` adapts it to
-``azmlinfsrv``; the tests and the benchmark use it directly.
+Plain Python over numpy and ONNX Runtime (or TensorFlow), with no web server in sight:
+``score.py`` adapts it to ``azmlinfsrv``; the tests and the benchmark use it directly.
 
 The model is the folder that training writes (the training contract): an MLflow model
 directory whose Keras model is ``data/model.keras`` and whose ``MLmodel`` signature publishes
@@ -11,10 +11,13 @@ numbers: :class:`ModelContract` reads them from the signature and checks that th
 agrees. Requests send each image flat (all its pixels) or as rows of pixels, whatever the
 model's own input shape; the images are reshaped to it.
 
-Speed: the model is called through concrete TensorFlow functions traced once, for a
-``[None, *input shape]`` float32 input and (XLA-compiled) for a single image: no retracing, no
-Keras ``predict`` machinery per call. A plain Dense stack, like the trained DNN, runs its own
-weights as numpy products instead, checked against the TensorFlow function at load. JSON is
+Speed: where the folder has ``data/model.onnx`` (training converts the Keras model with
+tf2onnx), ONNX Runtime runs it and the worker never imports TensorFlow: it starts in a
+fraction of the time and memory, and one image costs about 20 us. Its answers are checked at
+load against the probe that Keras answered at export (:class:`OnnxModel`). A folder without
+one (a Horovod run, say) is served by TensorFlow, said in the log: the Keras model is called
+through concrete functions traced once, for a ``[None, *input shape]`` float32 input and
+(XLA-compiled) for a single image, with no Keras ``predict`` machinery per call. JSON is
 read and written with orjson when it is installed. A well-formed request is checked with a few
 vectorised numpy operations; the slow, element-by-element walk only runs to explain what is
 wrong with a bad request.
@@ -22,6 +25,7 @@ wrong with a bad request.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -30,7 +34,7 @@ import struct
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -592,117 +596,186 @@ class Prediction:
         return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-class DenseStack:
-    """The model's own weights run as numpy matrix products: exact for a plain Dense stack.
+# What training writes beside the Keras model where it can (training/export.py): the model as
+# ONNX, and probe images with the Keras model's probabilities and the Keras file's SHA-256.
+ONNX_FILE = Path("data") / "model.onnx"
+ONNX_PROBE_FILE = Path("data") / "onnx_probe.npz"
+ONNX_TOLERANCE = 1e-5  # largest difference from Keras's probabilities on the probe images
+# Threads per worker (deployment.yml), read by TensorFlow itself and here for ONNX Runtime.
+INTRA_OP_THREADS_ENV = "TF_NUM_INTRAOP_THREADS"
+INTER_OP_THREADS_ENV = "TF_NUM_INTEROP_THREADS"
 
-    For a net this small, a TensorFlow call costs more than its arithmetic (about 0.25 ms
-    against 25 us for one image), so a model that is a chain of Dense layers on flat input,
-    with ``relu``/``linear``/``softmax`` activations (Dropout and Input layers do nothing at
-    inference), is exported to numpy at load time. :meth:`export` returns None for any other
-    architecture (a convolutional net, say), and the classifier keeps the TensorFlow function;
-    it also checks the export against the model.
+
+class ScoringModel(Protocol):
+    """The loaded model, whatever runs it: float32 images ``(n, *input_shape)`` in,
+    probabilities ``(n, classes)`` out. ``runtime`` names what runs it, for the log."""
+
+    runtime: str
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
+
+
+def _onnx_hint(folder: Path) -> str:
+    return (
+        "Re-run training to write a fresh model folder, or delete "
+        f"{folder / ONNX_FILE} to serve {MODEL_FILE.as_posix()} with TensorFlow."
+    )
+
+
+def _threads(name: str) -> int:
+    """A thread count from the environment; 0 (the default) lets the runtime choose."""
+    raw = os.environ.get(name, "0")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ModelLoadError(
+            f"{name}={raw!r} must be a whole number of threads per worker (0 lets the runtime "
+            "choose). Fix it in the deployment's environment_variables."
+        )
+    return value
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class OnnxModel:
+    """``data/model.onnx`` run by ONNX Runtime on the CPU, in a worker without TensorFlow.
+
+    :meth:`load` refuses (:class:`ModelLoadError`) a file ONNX Runtime cannot read, one whose
+    shapes are not the signature's, and one that does not compute what ``data/model.keras``
+    does: it must have been converted from that very file (its SHA-256, recorded in the probe)
+    and give the probabilities Keras gave for the probe images, within ``ONNX_TOLERANCE``.
+    Threads: ``TF_NUM_INTRAOP_THREADS`` per worker, the setting TensorFlow reads.
     """
 
-    ACTIVATIONS = ("relu", "linear", "softmax")
+    runtime = "onnxruntime"
 
-    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray, str]]) -> None:
-        self.layers = layers
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self._input = session.get_inputs()[0].name
+        self._outputs = [session.get_outputs()[0].name]
+        self.agreement = math.nan  # the largest difference from Keras on the probe, once checked
 
     @classmethod
-    def export(cls, keras_model: Any) -> DenseStack | None:
-        if len(keras_model.input_shape) != 2:  # Dense layers on rows would act row by row
-            return None
-        layers = []
-        for layer in keras_model.layers:
-            kind = type(layer).__name__
-            if kind in ("Dropout", "InputLayer"):
-                continue
-            activation = getattr(getattr(layer, "activation", None), "__name__", None)
-            if kind != "Dense" or activation not in cls.ACTIVATIONS or not layer.use_bias:
+    def load(cls, folder: Path, inputs: Shape, outputs: Shape) -> OnnxModel:
+        import onnxruntime
+
+        path = folder / ONNX_FILE
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = _threads(INTRA_OP_THREADS_ENV)
+        options.inter_op_num_threads = _threads(INTER_OP_THREADS_ENV)
+        options.log_severity_level = 3  # errors only: its warnings are about graph rewrites
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # shared cores
+        try:
+            session = onnxruntime.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ONNX Runtime raises its own types for a corrupt file
+            raise ModelLoadError(
+                f"Cannot load the ONNX model {path} ({type(exc).__name__}: "
+                f"{_shorten(str(exc), 300)}). {_onnx_hint(folder)}"
+            ) from None
+        model = cls(session)
+        model._check_shapes(folder, inputs, outputs)
+        model._check_probe(folder)
+        return model
+
+    def _check_shapes(self, folder: Path, inputs: Shape, outputs: Shape) -> None:
+        def shape(tensors: list[Any]) -> tuple[Any, ...] | None:
+            if len(tensors) != 1 or tensors[0].type != "tensor(float)":
                 return None
-            kernel, bias = (np.asarray(w, dtype=np.float32) for w in layer.get_weights())
-            layers.append((kernel, bias, activation))
-        return cls(layers) if layers else None
+            return tuple(d if type(d) is int else -1 for d in tensors[0].shape)
+
+        own = shape(self.session.get_inputs()), shape(self.session.get_outputs())
+        if own != (tuple(inputs), tuple(outputs)):
+            found = " to ".join(_shown(s) if s else "not one float32 tensor" for s in own)
+            raise ModelLoadError(
+                f"The signature in {folder / SIGNATURE_FILE} says the model maps "
+                f"{_shown(inputs)} to {_shown(outputs)}, but {folder / ONNX_FILE} maps "
+                f"{found}: the folder's parts do not belong together. {_onnx_hint(folder)}"
+            )
+
+    def _check_probe(self, folder: Path) -> None:
+        path = folder / ONNX_PROBE_FILE
+        try:
+            with np.load(path, allow_pickle=False) as probe:
+                images = probe["inputs"].astype(np.float32)
+                expected, source = probe["probabilities"], str(probe["keras_sha256"])
+        except FileNotFoundError:
+            raise ModelLoadError(
+                f"{folder / ONNX_FILE} has no {ONNX_PROBE_FILE.name} beside it: without the "
+                "probe that Keras answered at export, nothing shows that it computes what "
+                f"{MODEL_FILE.as_posix()} does. {_onnx_hint(folder)}"
+            ) from None
+        except Exception as exc:  # not a zip, a missing array, a pickled object
+            raise ModelLoadError(
+                f"Cannot read the ONNX probe {path} ({type(exc).__name__}: "
+                f"{_shorten(str(exc), 200)}). {_onnx_hint(folder)}"
+            ) from None
+        if source != _sha256(folder / MODEL_FILE):
+            raise ModelLoadError(
+                f"{folder / ONNX_FILE} was converted from another {MODEL_FILE.name} than the "
+                f"one beside it (SHA-256 {source[:12]}...): it would serve a different model. "
+                f"{_onnx_hint(folder)}"
+            )
+        try:
+            got = self(images)
+        except Exception as exc:  # a probe of the wrong shape
+            raise ModelLoadError(
+                f"{folder / ONNX_FILE} cannot score its probe images {images.shape} "
+                f"({type(exc).__name__}: {_shorten(str(exc), 200)}). {_onnx_hint(folder)}"
+            ) from None
+        difference = float(np.abs(got - expected).max()) if got.shape == expected.shape else 1.0
+        if not difference <= ONNX_TOLERANCE:
+            raise ModelLoadError(
+                f"ONNX Runtime's probabilities for the {len(images)} probe images of {path} "
+                f"differ from the Keras model's by {difference:.1e} (at most {ONNX_TOLERANCE} "
+                f"allowed): {folder / ONNX_FILE} does not compute what "
+                f"{MODEL_FILE.as_posix()} does. {_onnx_hint(folder)}"
+            )
+        self.agreement = difference
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        x = images
-        for kernel, bias, activation in self.layers:
-            x = x @ kernel
-            x += bias
-            if activation == "relu":
-                np.maximum(x, 0, out=x)
-            elif activation == "softmax":
-                x -= x.max(axis=1, keepdims=True)
-                np.exp(x, out=x)
-                x /= x.sum(axis=1, keepdims=True)
-        return x
+        return self.session.run(self._outputs, {self._input: images})[0]
 
 
-class DigitClassifier:
-    """The trained Keras model behind a compiled function with a fixed input signature.
+class KerasModel:
+    """The Keras model behind concrete TensorFlow functions: for folders without ONNX.
 
-    ``contract`` is what the model takes and returns (by default, read from the Keras model's
-    own shapes; :meth:`load` reads the folder's published signature). Where the model is a
-    plain Dense stack, its weights run as numpy products instead (:class:`DenseStack`), after a
-    check at load time that both give the same probabilities.
+    Traced once here: calling them skips tf.function's per-call argument matching. Any batch
+    size goes through the first; single images, the commonest request, through an
+    XLA-compiled one for that one shape (a third less per-call overhead; XLA would recompile
+    for every new batch size, so only this one).
     """
 
-    def __init__(
-        self,
-        keras_model: Any,
-        *,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        contract: ModelContract | None = None,
-    ) -> None:
+    runtime = "tensorflow"
+
+    def __init__(self, keras_model: Any, input_shape: Shape) -> None:
         import tensorflow as tf
 
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self.max_batch = max_batch
-        self.model = keras_model
-        # What the model takes and returns (the published API is built from these).
-        self.contract = contract or ModelContract.from_shapes(
-            tuple(keras_model.input_shape), tuple(keras_model.output_shape), "the Keras model"
-        )
-        shape = list(self.contract.input_shape)
+        self.keras_model = keras_model
 
         def forward(images: Any) -> Any:
             return keras_model(images, training=False)
 
-        # Concrete functions, traced once here: calling them skips tf.function's per-call
-        # argument matching. Any batch size goes through the first; single images, the
-        # commonest request, through an XLA-compiled one for that one shape (a third less
-        # per-call overhead; XLA would recompile for every new batch size, so only this one).
+        shape = list(input_shape)
         self._forward = tf.function(forward).get_concrete_function(
             tf.TensorSpec([None, *shape], tf.float32, name="images")
         )
         self._forward_one = tf.function(forward, jit_compile=True).get_concrete_function(
             tf.TensorSpec([1, *shape], tf.float32, name="image")
         )
-        self.dense_stack = self._checked_export(keras_model)
-
-    def _tf_proba(self, images: np.ndarray) -> np.ndarray:
-        forward = self._forward_one if len(images) == 1 else self._forward
-        return forward(images).numpy()
-
-    def _checked_export(self, keras_model: Any) -> DenseStack | None:
-        stack = DenseStack.export(keras_model)
-        if stack is None:
-            return None
-        rng = np.random.default_rng(0)
-        probe = rng.random((64, *self.contract.input_shape), dtype=np.float32)
-        if not np.allclose(stack(probe), self._tf_proba(probe), atol=1e-5):
-            return None  # some layer behaves unlike its weights suggest: trust TensorFlow
-        return stack
 
     @classmethod
-    def load(
-        cls, model_dir: str | os.PathLike[str] | None, *, max_batch: int = DEFAULT_MAX_BATCH
-    ) -> DigitClassifier:
-        """Load from the model folder or the folder above it. The shapes are those its MLmodel
-        signature publishes; the Keras model must have the same (:class:`ModelLoadError`)."""
-        folder = find_model_dir(model_dir)
-        inputs, outputs = read_signature(folder)
+    def load(cls, folder: Path, inputs: Shape, outputs: Shape) -> KerasModel:
+        """``data/model.keras``, which must map the signature's shapes."""
         path = folder / MODEL_FILE
         import keras
 
@@ -720,8 +793,79 @@ class DigitClassifier:
                 f"{_shown(inputs)} to {_shown(outputs)}, but {path} maps {_shown(own[0])} to "
                 f"{_shown(own[1])}: the folder's two halves do not belong together. {TRAIN_HINT}"
             )
-        contract = ModelContract.from_shapes(inputs, outputs, str(path))
-        return cls(model, max_batch=max_batch, contract=contract)
+        return cls(model, tuple(int(d) for d in inputs[1:]))
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        forward = self._forward_one if len(images) == 1 else self._forward
+        return forward(images).numpy()
+
+
+def load_model(folder: Path, inputs: Shape, outputs: Shape) -> ScoringModel:
+    """ONNX Runtime where the folder has ``data/model.onnx`` and onnxruntime is installed,
+    otherwise TensorFlow; one line in the log says which, and why."""
+    onnx = folder / ONNX_FILE
+    if not onnx.is_file():
+        reason = f"{folder} has no {ONNX_FILE.as_posix()} (trained where tf2onnx is missing?)"
+    else:
+        try:
+            model = OnnxModel.load(folder, inputs, outputs)
+        except ImportError as exc:  # an environment without onnxruntime
+            reason = f"onnxruntime cannot be imported ({exc})"
+        else:
+            print(
+                f"Scoring with ONNX Runtime: {onnx} agrees with {MODEL_FILE.name} within "
+                f"{model.agreement:.1e} on its probe images.",
+                flush=True,
+            )
+            return model
+    print(
+        f"Scoring with TensorFlow: {reason}. A model folder with ONNX starts faster and needs "
+        "far less memory per worker: train where tf2onnx and onnxruntime are installed.",
+        flush=True,
+    )
+    return KerasModel.load(folder, inputs, outputs)
+
+
+class DigitClassifier:
+    """The loaded model (:class:`OnnxModel` or :class:`KerasModel`) and its contract: what it
+    takes and returns, which :meth:`load` reads from the folder's MLmodel signature."""
+
+    def __init__(
+        self,
+        model: ScoringModel,
+        contract: ModelContract,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.max_batch = max_batch
+        self.model = model
+        self.contract = contract  # the published API is built from these shapes
+
+    @property
+    def runtime(self) -> str:
+        """What runs the model: "onnxruntime" or "tensorflow"."""
+        return self.model.runtime
+
+    @classmethod
+    def from_keras(cls, keras_model: Any, *, max_batch: int = DEFAULT_MAX_BATCH) -> DigitClassifier:
+        """A Keras model in memory, run by TensorFlow, its contract read from its own shapes."""
+        contract = ModelContract.from_shapes(
+            tuple(keras_model.input_shape), tuple(keras_model.output_shape), "the Keras model"
+        )
+        return cls(KerasModel(keras_model, contract.input_shape), contract, max_batch=max_batch)
+
+    @classmethod
+    def load(
+        cls, model_dir: str | os.PathLike[str] | None, *, max_batch: int = DEFAULT_MAX_BATCH
+    ) -> DigitClassifier:
+        """Load from the model folder or the folder above it. The shapes are those its MLmodel
+        signature publishes; the model must have the same (:class:`ModelLoadError`)."""
+        folder = find_model_dir(model_dir)
+        inputs, outputs = read_signature(folder)
+        contract = ModelContract.from_shapes(inputs, outputs, str(folder))
+        return cls(load_model(folder, inputs, outputs), contract, max_batch=max_batch)
 
     def warm_up(self) -> None:
         """Run the model once on a single image and on a full batch, before any request."""
@@ -730,9 +874,7 @@ class DigitClassifier:
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Probabilities ``(n, classes)`` for float32 images ``(n, *input_shape)`` in [0, 1]."""
-        if self.dense_stack is not None:
-            return self.dense_stack(images)
-        return self._tf_proba(images)
+        return self.model(images)
 
     def predict(self, images: np.ndarray) -> Prediction:
         probabilities = self.predict_proba(images)

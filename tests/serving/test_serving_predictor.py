@@ -1,5 +1,6 @@
 """The predictor's model loading (where AZUREML_MODEL_DIR may point, the shapes the folder
-publishes, clear failures) and the request forms it reads for any model shape."""
+publishes, clear failures), the TensorFlow runtime for folders without ONNX, and the request
+forms it reads for any model shape. ONNX Runtime's side: tests/serving/test_serving_onnx.py."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def _model_folder(root: Path, name: str = "model", signature: dict | None = None
 
 def _saved(model, root: Path, signature: dict | None = None) -> Path:
     """``model`` in a model folder as training writes it: data/model.keras and an MLmodel
-    whose signature is training's own (training/export.py), unless ``signature`` replaces it."""
+    whose signature is training's own (training/export.py), unless ``signature`` replaces it.
+    No data/model.onnx: these folders are served by TensorFlow."""
     from training.export import signature as signature_of
 
     folder = _model_folder(root, signature=signature or signature_of(model))
@@ -188,7 +190,7 @@ def test_a_convolutional_model_takes_both_request_forms_with_its_own_shapes(tmp_
     contract = classifier.contract
     assert (contract.input_shape, contract.classes, contract.pixels) == ((28, 28, 1), 5, 784)
     assert contract.image == (28, 28)
-    assert classifier.dense_stack is None  # convolutions stay in TensorFlow
+    assert classifier.runtime == "tensorflow"  # no data/model.onnx in the folder
     images = np.random.default_rng(2).random((3, 28, 28), dtype=np.float32)
     expected = np.asarray(model(images[..., np.newaxis], training=False))
     for sent in (images.reshape(3, 784), images):
@@ -216,7 +218,7 @@ def test_a_flat_input_that_is_not_square_takes_flat_images_only():
     import keras
 
     model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(3, activation="softmax")])
-    classifier = DigitClassifier(model)
+    classifier = DigitClassifier.from_keras(model)
     assert (classifier.contract.image, classifier.contract.classes) == (None, 3)
     assert classifier.parse(b'{"data": [' + b"[" + b"0.5, " * 11 + b"1]" + b"]}").shape == (1, 12)
     with pytest.raises(BadRequest, match="this model takes flat images"):
@@ -235,19 +237,6 @@ def test_the_trained_model_loads_and_scores_without_a_server(trained_output, mni
     with pytest.raises(BadRequest) as failure:
         classifier.score(b'{"data": [' + b"[0.5]," * 64 + b"[0.5]]}")
     assert failure.value.status == 413
-
-
-@pytest.mark.slow
-def test_the_trained_dense_stack_runs_in_numpy_with_the_models_own_probabilities(
-    trained_output, mnist_test
-):
-    classifier = DigitClassifier.load(trained_output / "model")
-    assert classifier.dense_stack is not None  # the 784-300-100-10 net is exported
-    images, _ = mnist_test
-    pixels = images[:500].reshape(500, 784).astype(np.float32) / 255
-    expected = np.asarray(classifier.model(pixels, training=False))
-    np.testing.assert_allclose(classifier.predict_proba(pixels), expected, atol=1e-5)
-    np.testing.assert_allclose(classifier.predict_proba(pixels[:1]), expected[:1], atol=1e-5)
 
 
 def _dense_on_rows():
@@ -272,26 +261,18 @@ def _tanh_and_batch_norm():
     )
 
 
-@pytest.mark.parametrize("build", [_tanh_and_batch_norm, _dense_on_rows, _tiny_cnn])
-def test_other_architectures_keep_the_tensorflow_function(build):
+@pytest.mark.parametrize("build", [_tiny_dnn, _tanh_and_batch_norm, _dense_on_rows, _tiny_cnn])
+def test_the_tensorflow_runtime_gives_the_keras_models_probabilities(build):
+    """The fallback for folders without ONNX runs any architecture: a batch through the traced
+    function, a single image through the XLA-compiled one."""
     model = build()
-    classifier = DigitClassifier(model)
-    assert classifier.dense_stack is None
+    classifier = DigitClassifier.from_keras(model, max_batch=8)
+    assert classifier.runtime == "tensorflow"
     shape = classifier.contract.input_shape
     pixels = np.random.default_rng(1).random((3, *shape), dtype=np.float32)
-    np.testing.assert_allclose(
-        classifier.predict_proba(pixels), np.asarray(model(pixels, training=False)), atol=1e-6
-    )
-
-
-def test_a_plain_dense_stack_runs_in_numpy():
-    model = _tiny_dnn()
-    classifier = DigitClassifier(model)
-    assert classifier.dense_stack is not None
-    pixels = np.random.default_rng(3).random((3, 784), dtype=np.float32)
-    np.testing.assert_allclose(
-        classifier.predict_proba(pixels), np.asarray(model(pixels, training=False)), atol=1e-6
-    )
+    expected = np.asarray(model(pixels, training=False))
+    np.testing.assert_allclose(classifier.predict_proba(pixels), expected, atol=1e-6)
+    np.testing.assert_allclose(classifier.predict_proba(pixels[:1]), expected[:1], atol=1e-6)
 
 
 def test_parse_request_returns_float32_rows():
