@@ -243,6 +243,24 @@ def _unreadable(exc: BaseException) -> BadRequest:
     )
 
 
+def _body_stream(request: AMLRequest) -> Any:
+    """What to read the body from: under gunicorn, the reader inside its ``wsgi.input``.
+
+    gunicorn's ``Body.read(n)`` gathers its bytes 1 KB at a time from that reader, copying what
+    it holds back at every step: 8-10 ms for a 1.5 MB body (a JSON batch of 256 images) against
+    0.7 ms for reading the reader itself 64 KB at a time. The reader applies the request's
+    framing (Content-Length or chunked) and raises the same errors; the size limit is ours
+    (:func:`_read_into`). Anywhere else (another server, a Body already read from), the
+    request's own stream.
+    """
+    raw = request.environ.get("wsgi.input")
+    reader = getattr(raw, "reader", None)
+    buffered = getattr(getattr(raw, "buf", None), "tell", lambda: 1)()
+    if type(raw).__module__ == "gunicorn.http.body" and reader is not None and buffered == 0:
+        return reader
+    return request.stream
+
+
 def _read_body(request: AMLRequest, max_body: int) -> bytes:
     """The body, read within the size limit and the deadline; :class:`BadRequest` otherwise.
 
@@ -257,11 +275,12 @@ def _read_body(request: AMLRequest, max_body: int) -> bytes:
     token = _watchdog.watch(sock, deadline) if sock is not None else None
     pieces: list[bytes] = []
     try:
-        received = _read_into(request.stream, limit, deadline, sock, pieces, declared)
+        stream = _body_stream(request)
+        received = _read_into(stream, limit, deadline, sock, pieces, declared)
         too_large = received > limit or (limit == 0 and bool(declared))
         if too_large:
             with contextlib.suppress(_Late, OSError, ValueError, HTTPException):
-                _read_into(request.stream, _DISCARD_LIMIT, deadline, sock, None)  # dropped
+                _read_into(stream, _DISCARD_LIMIT, deadline, sock, None)  # dropped
     except _Late as exc:
         raise _late(exc.args[0]) from None
     except TimeoutError:  # the socket's timeout, or azmlinfsrv's alarm on a sync worker
