@@ -4,10 +4,10 @@
 is one builder function plus its training defaults. A builder returns an uncompiled Keras model
 with one input and one output; everything else follows from that model:
 
-- its keyword parameters are its options: each one that ``training/config.py`` has a flag for (``MODEL_OPTIONS``)
-  (``--first-layer-neurons``, ``--second-layer-neurons``, ``--dropout``) can be set from the
-  command line, and its default is the parameter's default; a flag the builder does not take
-  is refused for that model;
+- its keyword parameters are its options: each one that ``training/config.py`` has a flag
+  for (``MODEL_OPTIONS``: ``--first-layer-neurons``, ``--second-layer-neurons``,
+  ``--dropout``) can be set from the command line, and its default is the parameter's
+  default; a flag the builder does not take is refused for that model;
 - ``model.input_shape`` decides how the training and test images are shaped (flat 784 pixels
   for the DNN, 28x28x1 for the CNN), and ``model.output_shape`` the number of classes;
 - the saved MLflow model's signature and input example come from the model's own input and
@@ -95,12 +95,16 @@ class Architecture:
     """A registry entry: the builder and what training needs to know about it before TensorFlow
     loads. ``epochs`` and ``learning_rate`` are the defaults of ``--epochs`` and
     ``--learning-rate`` for this model; ``weights``, if given, counts the weights from the
-    options (an oversized model is then refused while the flags are checked)."""
+    options (an oversized model is then refused while the flags are checked). ``jit``: whether
+    the training step is XLA-compiled (``jit_compile``) where the runtime allows it; set it
+    only where it measures faster (dense nets on CPU: about 2x; convolutions on CPU: about
+    6x slower, so the CNN leaves it off)."""
 
     build: Callable[..., keras.Model]
     epochs: int
     learning_rate: float
     weights: Callable[..., int] | None = None
+    jit: bool = False
 
     def options(self) -> dict[str, Any]:
         """The builder's options and their defaults."""
@@ -113,8 +117,8 @@ class Architecture:
 MODELS: dict[str, Architecture] = {
     # 6 epochs: the cosine schedule reaches zero at the last one, >= 98% on two CPU cores.
     # 3e-3: Adam's peak rate after warm-up, for one replica.
-    "dnn": Architecture(dnn, epochs=6, learning_rate=3e-3, weights=dnn_weights),
-    "cnn": Architecture(cnn, epochs=4, learning_rate=3e-3),
+    "dnn": Architecture(dnn, epochs=6, learning_rate=3e-3, weights=dnn_weights, jit=True),
+    "cnn": Architecture(cnn, epochs=4, learning_rate=3e-3, jit=False),
 }
 DEFAULT_MODEL = "dnn"
 
