@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from serving.code.predictor import DigitClassifier, ModelLoadError
+from tests.serving.server_fixtures import rss_mb, worker_pids
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE = ROOT / "serving" / "code"
@@ -270,3 +271,18 @@ def test_the_trained_models_are_served_without_tensorflow_at_keras_accuracy(
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     assert (probabilities.argmax(1) == expected.argmax(1)).all()
     assert (probabilities.argmax(1) == y[:1000]).mean() >= 0.95
+
+
+@pytest.mark.slow
+def test_the_served_workers_map_no_tensorflow_library_and_stay_small(each_server):
+    """Under azmlinfsrv, as deployed (deployment.yml's workers): each worker has ONNX Runtime's
+    library mapped and none of TensorFlow's, and holds at most 300 MB (about 800 MB with it)."""
+    workers = worker_pids(each_server.server.process.pid)
+    assert len(workers) == int(each_server.settings["WORKER_COUNT"])
+    for pid in workers:
+        libraries = {
+            line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+        }
+        assert any("/onnxruntime/" in path for path in libraries), pid
+        assert not [path for path in libraries if "/tensorflow/" in path], pid
+        assert rss_mb(pid) <= 300, (pid, rss_mb(pid))
