@@ -93,13 +93,15 @@ class Level:
     error_samples: tuple[str, ...]
 
 
-def aggregate(clients: int, runs: Iterable[ClientRun]) -> Level:
-    """One level's figures from its clients: throughput is the successful requests of all
-    clients over the longest client's time (they start together)."""
-    runs = list(runs)
+def aggregate(clients: int, slices: Iterable[Sequence[ClientRun]]) -> Level:
+    """One level's figures from its slices: each slice is one timed run of all its clients,
+    started together, and lasts as long as its slowest client; throughput is the successful
+    requests of all slices over their summed time."""
+    slices = [list(one) for one in slices]
+    runs = [run for one in slices for run in one]
     latencies = [t for run in runs for t in run.latencies]
     errors = [e for run in runs for e in run.errors]
-    wall = max((run.seconds for run in runs), default=0.0)
+    wall = sum(max((run.seconds for run in one), default=0.0) for one in slices)
     return Level(
         clients=clients,
         requests=len(latencies),
@@ -293,14 +295,14 @@ def _client_process(barrier: Any, results: Any, index: int, args: tuple[Any, ...
     results.put((index, client_loop(*args)))
 
 
-def run_level(
+def run_clients(
     clients: int,
     port: int,
     bodies: Sequence[bytes],
     seconds: float,
     max_requests: int,
     timeout: float,
-) -> Level:
+) -> list[ClientRun]:
     """``clients`` processes (the GIL would serialise threads) started together."""
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(clients)
@@ -318,16 +320,75 @@ def run_level(
     runs = [results.get(timeout=seconds + timeout + 60)[1] for _ in processes]
     for process in processes:
         process.join(10)
-    return aggregate(clients, runs)
+    return runs
+
+
+# --------------------------------------------------------------------------- configurations
+
+
+@dataclass
+class Config:
+    """One server configuration under test and what was measured on it."""
+
+    label: str
+    overrides: dict[str, str]
+    server: LocalServer
+    before: Memory = Memory({})
+    slices: dict[tuple[str, int], list[list[ClientRun]]] = field(default_factory=dict)
+    memory: dict[tuple[str, int], Memory] = field(default_factory=dict)
+
+    @property
+    def master(self) -> int:
+        assert self.server.process is not None
+        return self.server.process.pid
+
+    def levels(self, kind: str, levels: Sequence[int]) -> list[Level]:
+        return [aggregate(n, self.slices.get((kind, n), [])) for n in levels]
+
+
+def parse_compare(text: str) -> dict[str, str]:
+    """``NAME=VALUE,NAME=VALUE``: one more configuration to measure beside the first."""
+    return parse_overrides([pair for pair in text.split(",") if pair])
+
+
+def measure(
+    configs: Sequence[Config],
+    loads: dict[str, tuple[list[bytes], float, int]],
+    args: argparse.Namespace,
+) -> None:
+    """Every level of every load on every configuration, interleaved: each level is cut into
+    ``args.rounds`` slices, and the configurations take turns (in a rotating order), so that
+    all of them see the same machine load."""
+    timeout = args.request_timeout_ms / 1000
+    top = max(args.levels)
+    for config in configs:  # warm every worker (each takes connections in turn)
+        for bodies, _, _ in loads.values():
+            run_clients(top, config.server.port, bodies, 3.0, 20, timeout)
+        config.before = worker_memory(config.master)
+    for kind, (bodies, seconds, cap) in loads.items():
+        for clients in args.levels:
+            for round_ in range(args.rounds):
+                shift = round_ % len(configs)
+                for config in [*configs[shift:], *configs[:shift]]:
+                    runs = run_clients(
+                        clients,
+                        config.server.port,
+                        bodies,
+                        seconds / args.rounds,
+                        max(1, cap // args.rounds),
+                        timeout,
+                    )
+                    config.slices.setdefault((kind, clients), []).append(runs)
+            for config in configs:
+                config.memory[kind, clients] = worker_memory(config.master)
 
 
 # --------------------------------------------------------------------------- report
 
 
-def level_table(title: str, levels: Sequence[Level], memory: Sequence[Memory]) -> list[str]:
+def level_table(levels: Sequence[Level], memory: Sequence[Memory]) -> list[str]:
     base = levels[0]
     lines = [
-        title,
         f"{'clients':>7} {'req/s':>8} {'x1':>6} {'p50 ms':>8} {'p99 ms':>8} {'p99 x1':>7} "
         f"{'requests':>9} {'errors':>7} {'worker RSS after, MB (max)':>27}",
     ]
@@ -340,6 +401,19 @@ def level_table(title: str, levels: Sequence[Level], memory: Sequence[Memory]) -
             f"{mem.total / 2**20:>20.0f} ({mem.largest / 2**20:.0f})"
         )
         lines += [f"        error: {sample}" for sample in level.error_samples]
+    return lines
+
+
+def comparison(configs: Sequence[Config], kind: str, levels: Sequence[int]) -> list[str]:
+    """Each configuration's req/s and p99 per level, as ratios of the first's."""
+    first = configs[0].levels(kind, levels)
+    lines = [f"{'configuration':<44} " + " ".join(f"{f'{n} client(s)':>26}" for n in levels)]
+    for config in configs:
+        cells = []
+        for mine, base in zip(config.levels(kind, levels), first, strict=True):
+            ratio = mine.requests_per_s / base.requests_per_s if base.requests_per_s else 0
+            cells.append(f"{mine.requests_per_s:>7.1f}/s {ratio:4.2f}x p99 {mine.p99_ms:6.1f}")
+        lines.append(f"{config.label[:44]:<44} " + " ".join(f"{c:>26}" for c in cells))
     return lines
 
 
@@ -371,35 +445,48 @@ def goals(
     ]
 
 
+def worker_kind(server: LocalServer) -> str:
+    """Gunicorn's own line naming its worker class, from the server log."""
+    for line in server.log_tail(400).splitlines():
+        if "Using worker:" in line:
+            return "gunicorn " + line.split("Using worker:", 1)[1].strip() + " workers"
+    return "worker class not in the log"
+
+
 def _describe_machine() -> str:
     cores = len(os.sched_getaffinity(0))
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{cores} cores here, shared by the clients and the server; load average {load}"
+    return f"{cores} cores here, shared by the clients and the servers; load average {load}"
 
 
-def _measure_all(
-    server: LocalServer, singles: list[bytes], batch: bytes, args: argparse.Namespace
-) -> tuple[list[Level], list[Level], list[Memory], Memory]:
-    assert server.process is not None
-    master = server.process.pid
-    timeout = args.request_timeout_ms / 1000
-    # Warm every worker (each takes a connection in turn) before the memory baseline.
-    run_level(max(args.levels), server.port, singles, 3.0, 50, timeout)
-    run_level(max(args.levels), server.port, [batch], 3.0, 3, timeout)
-    before = worker_memory(master)
-    levels, batches, memory = [], [], []
-    for clients in args.levels:
-        levels.append(
-            run_level(clients, server.port, singles, args.seconds, args.max_requests, timeout)
-        )
-        memory.append(worker_memory(master))
-    for clients in args.levels if args.batch_seconds > 0 else ():
-        batches.append(run_level(clients, server.port, [batch], args.batch_seconds, 1000, timeout))
-        memory.append(worker_memory(master))
-    return levels, batches, memory, before
+def report(config: Config, args: argparse.Namespace, kinds: Sequence[str]) -> bool:
+    """Print one configuration's tables and goals; True when every goal is met."""
+    after = worker_memory(config.master)
+    print(
+        f"\n=== {config.label}: started in {config.server.startup_seconds:.1f} s; "
+        f"worker RSS after warm-up: {config.before.describe()}"
+    )
+    tables = {}
+    for kind in kinds:
+        tables[kind] = config.levels(kind, args.levels)
+        memory = [config.memory[kind, n] for n in args.levels]
+        print(f"{KINDS[kind]}:")
+        print("\n".join(level_table(tables[kind], memory)))
+    if "batch" in tables:
+        rates = [f"{b.clients} clients {b.requests_per_s * BATCH:,.0f}" for b in tables["batch"]]
+        print("  images/s: " + ", ".join(rates))
+    problems = deployment_problems(config.overrides, config.server.startup_seconds)
+    print("specs.check_deployment: " + ("; ".join(problems) or "consistent"))
+    results = goals(tables["single"], tables.get("batch", []), config.before, after)
+    for text, met in results:
+        print(f"{'PASS' if met else 'FAIL'}  {text}")
+    return all(met for _, met in results)
 
 
-def main(argv: list[str] | None = None) -> int:
+KINDS = {"single": "single images (one per request)", "batch": f"batches of {BATCH} images"}
+
+
+def _arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[dict[str, str]]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", default="outputs", help="training output or model folder")
     parser.add_argument(
@@ -409,66 +496,86 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="change one of deployment.yml's environment variables (repeatable)",
     )
-    parser.add_argument("--seconds", type=float, default=15.0, help="time per level")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE[,NAME=VALUE]",
+        help="also measure the configuration with these changes, interleaved (repeatable)",
+    )
+    parser.add_argument("--seconds", type=float, default=15.0, help="time per level and server")
     parser.add_argument("--max-requests", type=int, default=20000, help="cap per client, level")
     parser.add_argument("--batch-seconds", type=float, default=5.0, help="0: no batch round")
+    parser.add_argument("--rounds", type=int, default=5, help="slices per level (interleaving)")
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     args = parser.parse_args(argv)
     try:
-        overrides = parse_overrides(args.set)
+        base = parse_overrides(args.set)
+        variants = [base] + [{**base, **parse_compare(text)} for text in args.compare]
     except ValueError as exc:
         parser.error(str(exc))
+    if args.rounds < 1 or args.seconds <= 0 or min(args.levels) < 1:
+        parser.error("--rounds, --seconds and --levels must be positive.")
     if not Path(args.model_dir).is_dir():
-        parser.exit(2, f"--model-dir {args.model_dir} is not a folder: train one first "
-                       "(python -m training.train --output-dir DIR) and pass DIR.\n")  # fmt: skip
+        parser.exit(
+            2,
+            f"--model-dir {args.model_dir} is not a folder: train one first "
+            "(python -m training.train --output-dir DIR) and pass DIR.\n",
+        )
     if not os.environ.get("MNIST_DATA_DIR"):
         parser.exit(2, "Set MNIST_DATA_DIR to the MNIST folder: the clients send test digits.\n")
+    return args, variants
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, variants = _arguments(argv)
     deployment = specs.load_deployment()
     args.request_timeout_ms = (
         deployment.request_settings and deployment.request_settings.request_timeout_ms
     ) or specs.DEFAULT_REQUEST_TIMEOUT_MS
-    settings = effective_settings(specs.server_settings(), overrides)
     singles, batch = request_bodies(200, BATCH)
-
-    shown = " ".join(f"{k}={v}" for k, v in settings.items() if k != "TF_CPP_MIN_LOG_LEVEL")
+    loads = {"single": (singles, args.seconds, args.max_requests)}
+    if args.batch_seconds > 0:
+        loads["batch"] = ([batch], args.batch_seconds, 1000)
     print(
-        f"Configuration: deployment.yml ({specs.model_settings_summary(deployment)}), overrides "
-        f"{overrides or 'none'}; server variables: {shown}",
-        flush=True,
+        f"deployment.yml: {specs.model_settings_summary(deployment)}; client timeout "
+        f"{args.request_timeout_ms} ms (request_timeout_ms)."
     )
-    print(f"Machine: {_describe_machine()}. Client timeout {args.request_timeout_ms} ms "
-          "(request_timeout_ms).", flush=True)  # fmt: skip
+    print(f"Machine: {_describe_machine()}.", flush=True)
+
     with tempfile.TemporaryDirectory(prefix="serving-concurrency-") as folder:
-        server = LocalServer(
-            model_dir=args.model_dir, settings=settings, log_path=Path(folder) / "server.log"
-        )
+        configs = []
         try:
-            server.start(timeout=300)
-            print(f"Server healthy after {server.startup_seconds:.1f} s.", flush=True)
-            levels, batches, memory, before = _measure_all(server, singles, batch, args)
-            after = worker_memory(server.process.pid)  # type: ignore[union-attr]
+            for i, overrides in enumerate(variants):
+                settings = effective_settings(specs.server_settings(), overrides)
+                server = LocalServer(
+                    model_dir=args.model_dir,
+                    settings=settings,
+                    log_path=Path(folder) / f"server-{i}.log",
+                )
+                label = " ".join(f"{k}={v}" for k, v in overrides.items()) or "as deployed"
+                configs.append(Config(label, overrides, server))
+                server.start(timeout=300)  # one at a time: each start-up measured on its own
+                shown = " ".join(f"{k}={v}" for k, v in settings.items())
+                print(
+                    f"[{label}] healthy after {server.startup_seconds:.1f} s; "
+                    f"{worker_kind(server)}; {shown}",
+                    flush=True,
+                )
+            measure(configs, loads, args)
+            met = [report(config, args, list(loads)) for config in configs]
         except ServerError as exc:
             print(exc, file=sys.stderr)
             return 1
         finally:
-            server.stop()
-
-    print()
-    print(f"worker RSS after warm-up: {before.describe()}")
-    print("\n".join(level_table("single images (one per request):", levels, memory[: len(levels)])))
-    if batches:
-        print()
-        table = level_table(f"batches of {BATCH} images:", batches, memory[len(levels) :])
-        print("\n".join(table))
-        print("  images/s: " + ", ".join(
-            f"{b.clients} clients {b.requests_per_s * BATCH:,.0f}" for b in batches))  # fmt: skip
-    print(f"Machine after the run: {_describe_machine()}.")
-    problems = deployment_problems(overrides, server.startup_seconds)
-    print("specs.check_deployment on this configuration: " + ("; ".join(problems) or "consistent"))
-    results = goals(levels, batches, before, after)
-    for text, met in results:
-        print(f"{'PASS' if met else 'FAIL'}  {text}")
-    return 0 if all(met for _, met in results) else 1
+            for config in configs:
+                config.server.stop()
+    if len(configs) > 1:
+        for kind in loads:
+            print(f"\n{KINDS[kind]}, interleaved; ratios against {configs[0].label}:")
+            print("\n".join(comparison(configs, kind, args.levels)))
+    print(f"\nMachine after the run: {_describe_machine()}.")
+    return 0 if met[0] else 1
 
 
 if __name__ == "__main__":

@@ -32,21 +32,24 @@ def test_percentile_is_nearest_rank():
         bench.percentile([1.0], 0)
 
 
-def test_a_level_adds_its_clients_up():
-    runs = [
+def test_a_level_adds_its_clients_and_slices_up():
+    first = [
         bench.ClientRun([0.001, 0.002, 0.003], [], seconds=2.0),
         bench.ClientRun([0.004], ["HTTP 503: b'busy'", "HTTP 503: b'busy'", "timeout"], 1.5),
     ]
-    level = bench.aggregate(2, runs)
+    second = [bench.ClientRun([0.005, 0.006], [], 0.5), bench.ClientRun([0.007], [], 1.0)]
+    level = bench.aggregate(2, [first, second])
     assert level.clients == 2
-    assert level.requests == 4
+    assert level.requests == 7
     assert level.errors == 3
-    assert level.requests_per_s == 2.0  # 4 answers over the longest client's 2 s
-    assert level.p50_ms == pytest.approx(2.0)
-    assert level.p99_ms == pytest.approx(4.0)
+    assert level.requests_per_s == 7 / 3  # 7 answers over 2 s + 1 s, each slice's slowest client
+    assert level.p50_ms == pytest.approx(4.0)  # rank 4 of 7
+    assert level.p99_ms == pytest.approx(7.0)
     assert level.error_samples == ("HTTP 503: b'busy'", "timeout")  # distinct, in order
-    empty = bench.aggregate(1, [bench.ClientRun([], ["ConnectionRefusedError"], 0.1)])
+    assert bench.aggregate(2, [first]).requests_per_s == 2.0
+    empty = bench.aggregate(1, [[bench.ClientRun([], ["ConnectionRefusedError"], 0.1)]])
     assert (empty.requests, empty.errors, empty.requests_per_s) == (0, 1, 0.0)
+    assert bench.aggregate(4, []).requests_per_s == 0.0
 
 
 def test_proc_fields_are_read_past_odd_command_names():
@@ -112,6 +115,10 @@ def test_overrides_and_the_deployed_worker_class():
     for bad in ("WORKER_COUNT", "=2", "WORKER COUNT=2"):
         with pytest.raises(ValueError, match="must be NAME=VALUE"):
             bench.parse_overrides([bad])
+    assert bench.parse_compare("WORKER_COUNT=1,GUNICORN_CMD_ARGS=--threads 4") == {
+        "WORKER_COUNT": "1",
+        "GUNICORN_CMD_ARGS": "--threads 4",
+    }
     deployed = {"WORKER_COUNT": "4", "SCORING_TIMEOUT_MS": "4000"}
     assert bench.effective_settings(deployed, {"WORKER_COUNT": "2"}) == {
         "WORKER_COUNT": "2",
@@ -127,6 +134,10 @@ def test_usage_errors_exit_2(tmp_path, capsys):
         bench.main(["--set", "WORKER_COUNT"])
     assert exc.value.code == 2
     assert "must be NAME=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--compare", "WORKER_COUNT=2,THREADS"])
+    assert exc.value.code == 2
+    assert "'THREADS' must be NAME=VALUE" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         bench.main(["--model-dir", str(tmp_path / "missing")])
     assert exc.value.code == 2
