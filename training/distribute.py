@@ -55,6 +55,11 @@ class ParameterServerRuntime(Runtime):
     coordinator: Any = None  # tf.distribute.coordinator.ClusterCoordinator
     _iterators: dict[Examples, Any] = field(default_factory=dict, init=False, repr=False)
 
+    @property
+    def compiles_step(self) -> bool:
+        # The variables live on the parameter servers, not on the device the step runs on.
+        return False
+
     def run_steps(
         self, step: Step, examples: Examples, epoch: int, count: int
     ) -> Iterator[tuple[Any, Any]]:
@@ -66,7 +71,9 @@ class ParameterServerRuntime(Runtime):
 
             iterator = iter(self.coordinator.create_per_worker_dataset(dataset_fn))
             self._iterators[examples] = iterator
-        results = [self.coordinator.schedule(step, args=(iterator,)) for _ in range(count)]
+        # One step per scheduled call (a Python 1: no graph loop), so the coordinator can
+        # spread the calls over the workers.
+        results = [self.coordinator.schedule(step, args=(iterator, 1)) for _ in range(count)]
         self.coordinator.join()
         for result in results:
             yield result.fetch()

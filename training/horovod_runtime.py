@@ -68,6 +68,11 @@ class HorovodRuntime(Runtime):
     def ranks_per_step(self) -> int:
         return self.num_workers
 
+    @property
+    def compiles_step(self) -> bool:
+        # Horovod's all-reduce ops (in the tape's gradient) have no XLA kernels.
+        return False
+
     def epoch_dataset(self, examples: Examples, epoch: int) -> Any:
         # Rank r trains on examples r, r + size, r + 2 size, ... with its own whole batch.
         shard = slice(self.worker_index, None, self.num_workers)

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     import numpy as np
     import tensorflow as tf
 
-Step = Callable[[Any], tuple[Any, Any]]  # iterator -> (summed loss, correct count)
+# (iterator, count) -> (summed loss, correct count) over ``count`` steps: a tf.function that
+# loops in the graph when ``count`` is a tensor and unrolls when it is a Python int.
+Step = Callable[[Any, Any], tuple[Any, Any]]
 
 
 class ClusterConfigError(Exception):
@@ -62,6 +64,21 @@ class Runtime:
         return 1
 
     @property
+    def steps_per_call(self) -> int:
+        """How many steps one call of the step function may run in its graph loop: the host
+        waits for results (and handles signals) once per call, not once per step."""
+        return 64
+
+    @property
+    def compiles_step(self) -> bool:
+        """Whether the replica step may be XLA-compiled (where the model's ``jit`` asks for it).
+
+        Only with one replica per step: with several, the gradients' all-reduce is a
+        synchronisation point that tf.distribute refuses inside a nested (compiled) function.
+        """
+        return self.num_replicas == 1
+
+    @property
     def saves_checkpoints(self) -> bool:
         """Whether this process writes checkpoints: the chief, into the output folder; where
         saving is a collective operation, every worker (the others to a scratch folder)."""
@@ -83,11 +100,17 @@ class Runtime:
     def run_steps(
         self, step: Step, examples: Examples, epoch: int, count: int
     ) -> Iterator[tuple[Any, Any]]:
-        """Run ``count`` steps of epoch ``epoch``, yielding each step's (summed loss, correct
-        count) as it completes."""
+        """Run ``count`` steps of epoch ``epoch``, yielding (summed loss, correct count) after
+        the first step alone (``after_first_step`` follows it), then after each call of up to
+        ``steps_per_call`` steps."""
+        import tensorflow as tf
+
         iterator = iter(self.epoch_dataset(examples, epoch))
-        for _ in range(count):
-            yield step(iterator)
+        done = 0
+        while done < count:
+            size = 1 if done == 0 else min(self.steps_per_call, count - done)
+            yield step(iterator, tf.constant(size, tf.int32))  # a tensor: one trace, a loop
+            done += size
 
     def wrap_tape(self, tape: tf.GradientTape) -> tf.GradientTape:
         """Hook for all-reducing gradients outside tf.distribute (Horovod overrides it)."""

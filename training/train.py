@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -61,6 +62,22 @@ from training.signals import Interrupted, SignalGuard
 from training.tracking import Tracker
 
 EVAL_BATCH = 2_000  # test images per prediction call
+# XLA's newer CPU fusion emitters turn the random numbers behind Keras' Dropout (TensorFlow's
+# default "auto_select" generator) into a ~30 ms loop per step: the DNN's compiled step ran
+# 10x slower than without XLA. The older emitters keep it ~1 ms (TensorFlow 2.21, measured).
+XLA_CPU_FLAG = "--xla_cpu_use_fusion_emitters=false"
+XLA_FLAG_SINCE = (2, 21)  # older XLA has no such flag and aborts on unknown ones
+
+
+def use_fast_xla_cpu_random() -> None:
+    """Add ``XLA_CPU_FLAG`` to ``XLA_FLAGS`` unless it names the option already; XLA reads
+    the variable once, at its first compilation, so call this before any."""
+    import tensorflow as tf
+
+    version = tuple(int(part) for part in tf.__version__.split(".")[:2])
+    flags = os.environ.get("XLA_FLAGS", "")
+    if version >= XLA_FLAG_SINCE and XLA_CPU_FLAG.split("=")[0] not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_FLAG}".strip()
 
 
 def make_dataset(
@@ -127,6 +144,33 @@ class EpochResult:
     seconds: float
 
 
+class EpochClock:
+    """Where each epoch's wall time goes: ``lap(part)`` adds the seconds since the last lap
+    (or ``start``) to ``part``; ``means()`` is each part's mean per epoch."""
+
+    PARTS = ("train", "evaluate", "tracking", "checkpoint", "other")
+
+    def __init__(self) -> None:
+        self.totals = dict.fromkeys(self.PARTS, 0.0)
+        self.epochs = 0
+        self._last = 0.0
+
+    def start(self) -> None:
+        self.epochs += 1
+        self._last = time.perf_counter()
+
+    def lap(self, part: str) -> float:
+        now = time.perf_counter()
+        seconds, self._last = now - self._last, now
+        self.totals[part] += seconds
+        return seconds
+
+    def means(self) -> dict[str, float] | None:
+        if not self.epochs:
+            return None
+        return {part: round(total / self.epochs, 4) for part, total in self.totals.items()}
+
+
 class Trainer:
     """The training loop for every runtime: one step function, several ways to run it."""
 
@@ -134,7 +178,7 @@ class Trainer:
         import keras
         import tensorflow as tf
 
-        from training.model import build_model
+        from training.model import MODELS, build_model
         from training.schedule import WarmupCosine
 
         self.config, self.runtime = config, runtime
@@ -168,7 +212,13 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, epoch=self.epoch_var
         )
-        self._step = tf.function(self._distributed_step)
+        # The model asks for XLA (``Architecture.jit``), the runtime says whether its step can
+        # take it; either way the steps of one call run in one graph loop (``_steps``).
+        self.jit = MODELS[config.model].jit and runtime.compiles_step
+        if self.jit:
+            use_fast_xla_cpu_random()
+        self._replica = tf.function(self._replica_step, jit_compile=True) if self.jit else None
+        self._steps = tf.function(self._distributed_steps)
         self._predict = tf.function(
             lambda x: self.model(x, training=False),
             input_signature=[tf.TensorSpec([None, *self.x_test.shape[1:]], tf.float32)],
@@ -194,21 +244,45 @@ class Trainer:
         )
         return tf.reduce_sum(per_example), correct
 
-    def _distributed_step(self, iterator: Any) -> tuple[Any, Any]:
+    def _distributed_steps(self, iterator: Any, count: Any) -> tuple[Any, Any]:
+        """``count`` synchronous steps, summed: (loss, correct count). Traced once by
+        ``tf.function``: a tensor ``count`` becomes a loop in the graph, so the host neither
+        dispatches nor waits for each step; a Python int unrolls (one step per call)."""
         import tensorflow as tf
 
-        x, y = next(iterator)
-        loss, correct = self.runtime.strategy.run(self._replica_step, args=(x, y))
         strategy = self.runtime.strategy
-        return (
-            strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-            strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None),
-        )
+        replica_step = self._replica or self._replica_step
+        loss_sum, correct_sum = tf.constant(0.0), tf.constant(0.0)
+        for _ in range(count):
+            x, y = next(iterator)
+            loss, correct = strategy.run(replica_step, args=(x, y))
+            loss_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+            correct_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+        return loss_sum, correct_sum
+
+    def warm_up(self) -> None:
+        """Trace and XLA-compile the step before the first epoch's clock starts.
+
+        Runs one step of a throw-away iterator, then puts every variable of the model (weights
+        and Dropout seeds) and the optimizer (slots, step count) back as they were, so training
+        continues from exactly the state it had. Only a compiled step is warmed up (it runs on
+        one replica); an uncompiled one traces in its first call.
+        """
+        import tensorflow as tf
+
+        if not self.jit:
+            return
+        state = [*self.model.variables, *self.optimizer.variables]
+        saved = [variable.numpy() for variable in state]
+        iterator = iter(self.runtime.epoch_dataset(self.examples, 0))
+        self._steps(iterator, tf.constant(1, tf.int32))
+        for variable, value in zip(state, saved, strict=True):
+            variable.assign(value)
 
     def train_epoch(self, epoch: int) -> tuple[float, float, int]:
         """One pass over the training data: (mean loss, accuracy, examples seen)."""
         loss_sum = correct = 0.0
-        steps = self.runtime.run_steps(self._step, self.examples, epoch, self.steps_per_epoch)
+        steps = self.runtime.run_steps(self._steps, self.examples, epoch, self.steps_per_epoch)
         for loss, hits in steps:
             if not self._first_step_done:
                 self.runtime.after_first_step(self.model, self.optimizer)
@@ -277,16 +351,21 @@ def train(
                 "global_batch_size": trainer.global_batch,
             }
         )
+    began = time.perf_counter()
+    trainer.warm_up()
+    startup_seconds = time.perf_counter() - began
     train_seconds = sum(row["seconds"] for row in history)
     examples, fresh_seconds = 0, 0.0  # this process's own work, for its throughput
+    clock = EpochClock()
     for epoch in range(start, config.epochs):
-        began = time.perf_counter()
+        clock.start()
         loss, accuracy, seen = trainer.train_epoch(epoch)
-        seconds = time.perf_counter() - began
+        seconds = clock.lap("train")
         train_seconds += seconds
         fresh_seconds += seconds
         examples += seen
-        test_loss, test_accuracy, _ = trainer.evaluate()
+        test_loss, test_accuracy, predictions = trainer.evaluate()
+        clock.lap("evaluate")
         row = asdict(
             EpochResult(
                 epoch + 1,
@@ -302,20 +381,24 @@ def train(
         # Logged before the checkpoint: an epoch is either in MLflow and the checkpoint, or
         # trained (and logged) again after a kill.
         tracker.metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+        clock.lap("tracking")
         with guard.critical():
             checkpoints.save(epoch + 1, history)
             guard.saved_epoch = epoch + 1
+        clock.lap("checkpoint")
         if chief:
             print(
                 f"epoch {epoch + 1}/{config.epochs}  loss {loss:.4f}  acc {accuracy:.4f}  "
                 f"test_loss {test_loss:.4f}  test_acc {test_accuracy:.4f}  ({seconds:.1f}s)",
                 flush=True,
             )
+        clock.lap("other")
     checkpoints.close()
     runtime.barrier()
     if not chief:
         return None
-    test_loss, test_accuracy, predictions = trainer.evaluate()
+    if start == config.epochs:  # killed after the last checkpoint: nothing evaluated yet
+        test_loss, test_accuracy, predictions = trainer.evaluate()
     metrics = {
         "model": config.model,
         "test_accuracy": test_accuracy,
@@ -325,6 +408,9 @@ def train(
         "epochs_this_run": config.epochs - start,
         "train_seconds": round(train_seconds, 3),
         "examples_per_second": round(examples / fresh_seconds, 1) if fresh_seconds else None,
+        "seconds_per_epoch": clock.means(),  # this run's epochs: where their time went
+        "startup_seconds": round(startup_seconds, 3),  # compiling the step, before epoch 1
+        "compiled_step": trainer.jit,
         "distribution": runtime.kind,
         "replicas": runtime.num_replicas,
         "workers": runtime.num_workers,

@@ -153,7 +153,7 @@ def test_two_replica_step_equals_one_replica_step_on_the_same_global_batch():
         one.model.set_weights(two.model.get_weights())
         def first_epoch(t):
             return iter(t.runtime.epoch_dataset(t.examples, 0))
-        losses = [float(t._step(first_epoch(t))[0]) for t in (two, one)]
+        losses = [float(t._steps(first_epoch(t), 1)[0]) for t in (two, one)]
         def moments(trainer):
             return [v.numpy() for v in trainer.optimizer.variables
                     if "momentum" in v.path]
