@@ -147,6 +147,13 @@ def register(subparsers: Any) -> None:
     invoke.add_argument(
         "--no-code", action="store_true", help="MLflow request format (the no-code deployment)"
     )
+    invoke.add_argument(
+        "--format",
+        choices=("json", "npy"),
+        default="json",
+        help='request body: JSON {"data": [...]} (default), or npy: the float32 array as '
+        "numpy.save writes it, Content-Type: application/x-npy (local server only)",
+    )
     workspace.add_workspace_arguments(invoke, compute=False)
     invoke.set_defaults(func=cmd_invoke)
 
@@ -355,6 +362,12 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     from scripts.endpoints import client, specs
     from serving.code.predictor import DEFAULT_MAX_BATCH
 
+    if args.format == "npy" and (args.endpoint or args.no_code):
+        what = "--endpoint (the SDK's invoke sends JSON)" if args.endpoint else "--no-code"
+        raise UserError(
+            f"--format npy cannot be used with {what}: score .npy bodies on a local server "
+            "(--url), or drop --format npy to send JSON."
+        )
     try:
         images = client.read_images(Path(args.file))
     except client.ClientError as exc:
@@ -367,12 +380,14 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     else:
         url = args.url
 
-        def post(body: dict[str, Any]) -> Any:
+        def post(body: dict[str, Any] | bytes) -> Any:
             return client.post_local(url, body)
 
     try:
         with azure_errors(target):
-            probabilities = client.score(images, post, max_batch=max_batch, no_code=args.no_code)
+            probabilities = client.score(
+                images, post, max_batch=max_batch, no_code=args.no_code, fmt=args.format
+            )
     except client.ClientError as exc:
         raise UserError(str(exc)) from None
     print(client.summary(probabilities, images.labels))

@@ -5,12 +5,15 @@ floats already in [0, 1]; MNIST images flat or as rows, ``(n, 784)`` or ``(n, 28
 image) or ``.json`` (``{"data": [...]}``, optionally with ``"labels"``, like
 ``serving/sample-digits.json``, or a bare list of images). Images are sent flat; their size is
 the data's (``training.data``), checked here the way the server checks it. Batches larger than
-the endpoint's limit are sent in pieces.
+the endpoint's limit are sent in pieces, as JSON ``{"data": [...]}`` or, with ``fmt="npy"``
+(``invoke --format npy``), as the float32 ``.npy`` bytes of each piece with
+``Content-Type: application/x-npy`` (a local server only: the SDK's invoke sends JSON files).
 """
 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import tempfile
@@ -22,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.code.npy_body import CONTENT_TYPE as NPY_TYPE
 from serving.code.predictor import RANGE_HINT, BadRequest, ImageFormat, as_batch
 from training.data import COLS, ROWS
 
@@ -108,24 +112,34 @@ def batches(pixels: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield pixels[start : start + size]
 
 
+FORMATS = ("json", "npy")  # the request bodies the scoring script reads
+
+
 def request_body(pixels: np.ndarray, *, no_code: bool = False) -> dict[str, Any]:
     key = "input_data" if no_code else "data"
     return {key: pixels.tolist()}
 
 
-def post_local(url: str, body: dict[str, Any], timeout: float = 30.0) -> Any:
-    """POST a request to a local server (``serve``); ClientError with its message on 4xx/5xx."""
+def npy_body(pixels: np.ndarray) -> bytes:
+    """The images as a ``.npy`` request body: what ``numpy.save`` writes, float32, no pickle."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(pixels, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def post_local(url: str, body: dict[str, Any] | bytes, timeout: float = 30.0) -> Any:
+    """POST a request to a local server (``serve``): a dict as JSON, bytes as a ``.npy`` body
+    (:func:`npy_body`). ClientError with the server's message on 4xx/5xx."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise ClientError(f"{url} is not an http://host:port/score URL.")
+    if isinstance(body, bytes):
+        data, content_type = body, NPY_TYPE
+    else:
+        data, content_type = json.dumps(body).encode(), "application/json"
     conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
     try:
-        conn.request(
-            "POST",
-            parts.path or "/score",
-            json.dumps(body),
-            {"Content-Type": "application/json"},
-        )
+        conn.request("POST", parts.path or "/score", data, {"Content-Type": content_type})
         response = conn.getresponse()
         text = response.read().decode("utf-8", "replace")
     except OSError as exc:
@@ -161,17 +175,22 @@ def remote_poster(ml_client: Any, endpoint: str, deployment: str | None) -> Call
 
 def score(
     images: Images,
-    post: Callable[[dict[str, Any]], Any],
+    post: Callable[[Any], Any],
     *,
     max_batch: int,
     no_code: bool = False,
+    fmt: str = "json",
 ) -> np.ndarray:
-    """Probabilities ``(n, classes)`` for all images, in requests of at most ``max_batch``."""
+    """Probabilities ``(n, classes)`` for all images, in requests of at most ``max_batch``,
+    each a JSON body (a dict) or, for ``fmt="npy"``, ``.npy`` bytes."""
     from scripts.endpoints.rollout import probabilities_from_response
 
+    if fmt not in FORMATS:
+        raise ClientError(f"Unknown request format {fmt!r}: use one of {', '.join(FORMATS)}.")
     parts = []
     for batch in batches(images.pixels, max_batch):
-        answer = post(request_body(batch, no_code=no_code))
+        body = npy_body(batch) if fmt == "npy" else request_body(batch, no_code=no_code)
+        answer = post(body)
         try:
             parts.append(probabilities_from_response(answer))
         except (ValueError, TypeError) as exc:

@@ -7,8 +7,12 @@ really accepts and returns, from the shapes of the loaded model and the batch li
 - request ``{"data": [image, ...]}``: ``data`` required and the only key, 1 to ``max_batch``
   images, each ``pixels`` numbers or ``rows`` lists of ``columns`` numbers (all images of one
   request in one of the two forms), every number in [0, 1];
+- or the same batch as a ``.npy`` body (``Content-Type: application/x-npy``, the bytes
+  ``numpy.save`` writes): shape ``(n, pixels)`` or ``(n, rows, columns)``, float32 in [0, 1] or
+  uint8 0-255; OpenAPI 3 lists it as a second request content type, Swagger 2 (one schema per
+  body) in the operation's description;
 - response 200 ``{"predictions": [int], "probabilities": [[classes numbers in [0, 1]]]}``;
-- 400, 408 and 413 (and 405 for other methods): ``{"error": {"code": str, "message": str}}``.
+- 400, 408, 413 and 415 (and 405 for other methods): ``{"error": {"code": str, "message": str}}``.
 
 Swagger 2.0 has no ``oneOf``: its document states the flat form, which every model takes
 whatever its input shape, and names the other in its description; OpenAPI 3 states both exactly.
@@ -24,7 +28,9 @@ ERROR_STATUSES = {
     "what is wrong and how to fix it.",
     "408": "The request body did not arrive in time (a slow or stalled upload).",
     "413": "The batch or the body is over this endpoint's limit; split the batch.",
+    "415": "A .npy body sent with another Content-Type than application/x-npy.",
 }
+NPY_TYPE = "application/x-npy"
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,21 @@ def _description(shapes: Shapes) -> str:
         f"A batch of 1 to {shapes.max_batch} images (SCORING_MAX_BATCH), each {shapes.pixels} "
         f"numbers{rows}, all in one form; pixels scaled to [0, 1]."
     )
+
+
+def _npy_description(shapes: Shapes) -> str:
+    rows = f" or (n, {shapes.image[0]}, {shapes.image[1]})" if shapes.image else ""
+    return (
+        f"Or the batch as a .npy body (Content-Type: {NPY_TYPE}): the bytes numpy.save writes "
+        f"for an array of shape (n, {shapes.pixels}){rows}, n from 1 to {shapes.max_batch}, "
+        "dtype float32 with values in [0, 1] or uint8 0-255 (divided by 255 here); no object "
+        "arrays (nothing is unpickled)."
+    )
+
+
+def npy_schema(shapes: Shapes) -> dict[str, Any]:
+    """The ``.npy`` request body's schema: bytes, described (JSON Schema cannot say more)."""
+    return {"type": "string", "format": "binary", "description": _npy_description(shapes)}
 
 
 def request_schema(shapes: Shapes, version: str) -> dict[str, Any]:
@@ -130,8 +151,8 @@ def complete(document: dict[str, Any], version: str, shapes: Shapes) -> dict[str
     """azmlinfsrv's document for ``version`` ("2", "3", "3.1"), completed in place."""
     operation = _score_operation(document)
     operation["description"] = (
-        f"Classify a batch of images. {_description(shapes)} Other methods than POST get a "
-        "405 with the same error body as a 400."
+        f"Classify a batch of images. {_description(shapes)} {_npy_description(shapes)} Other "
+        "methods than POST get a 405 with the same error body as a 400."
     )
     schemas = {
         "ServiceInput": request_schema(shapes, version),
@@ -148,6 +169,7 @@ def complete(document: dict[str, Any], version: str, shapes: Shapes) -> dict[str
     else:
         document["components"]["schemas"].update(schemas)
         operation["requestBody"]["required"] = True
+        operation["requestBody"]["content"][NPY_TYPE] = {"schema": npy_schema(shapes)}
         content = {"application/json": {"schema": {"$ref": "#/components/schemas/ScoringError"}}}
         errors = {
             code: {"description": text, "content": content} for code, text in ERROR_STATUSES.items()

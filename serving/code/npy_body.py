@@ -102,8 +102,9 @@ def _checked_count(shape: tuple[int, ...], form: ImageFormat, max_batch: int) ->
     else:
         single = shape == form.flat or shape == form.image
         hint = f" (one image: reshape it to (1, {', '.join(map(str, shape))}))" if single else ""
+        shown = str(shape) if len(str(shape)) <= 60 else f"{str(shape)[:56]}...)"
         raise _bad(
-            f"The .npy array has shape {shape}{hint}; a batch of this model's images has shape "
+            f"The .npy array has shape {shown}{hint}; a batch of this model's images has shape "
             f"(n, {form.pixels})"
             + (f" or (n, {form.image[0]}, {form.image[1]})." if form.image else "."),
             form,

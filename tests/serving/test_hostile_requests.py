@@ -11,6 +11,7 @@ score a real image afterwards. Bounded: about 80 requests, 50 MB at most, well u
 
 from __future__ import annotations
 
+import io
 import json
 import select
 import socket
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from tests.serving.server_fixtures import (
@@ -47,6 +49,18 @@ def _pixel(text: str) -> bytes:
 
 def _post(body: bytes, extra: str = "", content_type: str = "application/json") -> bytes:
     return post_head(len(body), extra, content_type) + body
+
+
+NPY = "application/x-npy"
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=array.dtype.hasobject)
+    return buffer.getvalue()
+
+
+NPY_IMAGE = _npy(np.full((1, 784), 0.5, np.float32))
 
 
 @dataclass(frozen=True)
@@ -136,6 +150,19 @@ HOSTILE = [
     Hostile("two-content-types", _post(b"{", "Content-Type: text/plain\r\n")),
     Hostile("utf16-body", _post(VALID.decode().encode("utf-16")), message="UTF-8"),
     Hostile("gzip-claimed", _post(VALID[:40], "Content-Encoding: gzip\r\n")),
+    # .npy bodies (Content-Type: application/x-npy)
+    Hostile("npy-pickled-objects", _post(_npy(np.array([{}, len], object)), content_type=NPY),
+            message="never unpickles"),
+    Hostile("npy-declared-10GB", post_head(10 << 30, content_type=NPY) + NPY_IMAGE[:20], (413,),
+            "close", "Split it into requests"),
+    Hostile("npy-chunked-3MB", post_head(content_type=NPY)
+            + chunked([NPY_IMAGE[:128]] + [b"\0" * (1 << 20)] * 3), (413,)),
+    Hostile("npy-header-64KB", _post(b"\x93NUMPY\x01\x00\xff\xff" + b" " * 65535,
+                                     content_type=NPY), message="header cannot be read"),
+    Hostile("npy-short-array", _post(NPY_IMAGE[:-1], content_type=NPY), message="ends after"),
+    Hostile("npy-float64", _post(_npy(np.zeros((1, 784))), content_type=NPY), message="float64"),
+    Hostile("npy-as-json", _post(NPY_IMAGE), (415,), message="application/x-npy"),
+    Hostile("json-as-npy", _post(VALID, content_type=NPY), message="application/json"),
     # methods and headers
     Hostile("get", b"GET /score HTTP/1.1\r\nHost: t\r\n\r\n", (405,), message="POST"),
     Hostile("put", _post(VALID).replace(b"POST", b"PUT", 1), (405,), message="not allowed"),

@@ -102,3 +102,22 @@ def test_a_flat_model_whose_images_have_no_rows_has_one_form():
     doc = complete(_template("3"), "3", Shapes(pixels=10, image=None, classes=2, max_batch=4))
     data = doc["components"]["schemas"]["ServiceInput"]["properties"]["data"]
     assert "oneOf" not in data and data["items"]["maxItems"] == 10
+
+
+@pytest.mark.parametrize("version", ["2", "3"])
+def test_the_contract_states_the_npy_body_with_the_models_shapes(version):
+    shapes = Shapes(pixels=48, image=(6, 8), classes=3, max_batch=7)
+    doc = complete(_template(version), version, shapes)
+    operation = doc["paths"]["/score"]["post"]
+    stated = (
+        "Content-Type: application/x-npy): the bytes numpy.save writes for an array of shape "
+        "(n, 48) or (n, 6, 8), n from 1 to 7, dtype float32 with values in [0, 1] or uint8 0-255"
+    )
+    assert stated in operation["description"]
+    if version == "3":
+        content = operation["requestBody"]["content"]
+        assert sorted(content) == ["application/json", "application/x-npy"]
+        npy = content["application/x-npy"]["schema"]
+        assert (npy["type"], npy["format"]) == ("string", "binary")
+        assert stated in npy["description"]
+    assert "415" in operation["responses"]

@@ -110,8 +110,15 @@ def test_swagger_states_exactly_what_run_accepts_and_returns(each_server, versio
         "400": prefix + "ScoringError",
         "408": prefix + "ScoringError",
         "413": prefix + "ScoringError",
+        "415": prefix + "ScoringError",  # a .npy body sent with another Content-Type
         "default": prefix + "ErrorResponse",  # the server's own errors: {"message": ...}
     }
+    npy = "(n, 784) or (n, 28, 28), n from 1 to 512, dtype float32 with values in [0, 1] or uint8"
+    assert npy in operation["description"]
+    if version != "2":  # OpenAPI 3: the second content type of the request body
+        content = operation["requestBody"]["content"]
+        assert sorted(content) == ["application/json", "application/x-npy"]
+        assert npy in content["application/x-npy"]["schema"]["description"]
     error = schemas["ScoringError"]
     assert error["required"] == ["error"] and error["additionalProperties"] is False
     assert error["properties"]["error"]["required"] == ["code", "message"]

@@ -7,6 +7,7 @@ another loopback address (``--host`` at work): limits must follow the settings, 
 
 from __future__ import annotations
 
+import io
 import json
 import select
 import socket
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from scripts.endpoints import specs
@@ -158,3 +160,37 @@ def test_trickled_upload_gets_408_at_the_deadline(small_server):
     assert reply.status == 408, reply.body[:300]
     assert "did not arrive within 1000 ms" in reply.json()["error"]["message"]
     assert elapsed < 3, elapsed
+
+
+NPY = "application/x-npy"
+
+
+def _npy(n: int) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.full((n, 28, 28), 0.5, np.float32))
+    return buffer.getvalue()
+
+
+def test_npy_bodies_have_the_same_batch_limit(small_server):
+    ok = _post(small_server, post_head(len(_npy(3)), content_type=NPY) + _npy(3))
+    assert ok.status == 200, ok.body[:300]
+    assert len(ok.json()["predictions"]) == 3
+    over = _post(small_server, post_head(len(_npy(4)), content_type=NPY) + _npy(4))
+    assert over.status == 413, over.body[:300]
+    message = over.json()["error"]["message"]
+    assert "A batch of 4 images is over this endpoint's limit of 3" in message
+
+
+def test_npy_bodies_have_a_size_limit_of_their_own(small_server):
+    """A .npy body is held to a header and 3 float32 images (13,504 bytes here), not to the
+    JSON limit (79,360): 20,000 bytes are refused as npy, read as JSON (then refused as JSON)."""
+    body = _npy(3) + b"\0" * (20_000 - len(_npy(3)))
+    for head in (post_head(len(body), content_type=NPY), post_head(None, content_type=NPY)):
+        framed = body if b"chunked" not in head else chunked([body[:9000], body[9000:]])
+        reply = _post(small_server, head + framed)
+        assert reply.status == 413, reply.body[:300]
+        assert reply.json()["error"]["code"] == "BatchTooLarge"
+    as_json = _post(small_server, post_head(len(body)) + body)
+    assert as_json.status == 415, as_json.body[:300]  # read, then told to say application/x-npy
+    tail = _post(small_server, post_head(len(_npy(3)) + 4, content_type=NPY) + _npy(3) + b"\0" * 4)
+    assert tail.status == 400 and "nothing after it" in tail.json()["error"]["message"]
