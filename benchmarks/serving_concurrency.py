@@ -233,22 +233,25 @@ class Connection:
     """One client's connection, reopened whenever the server closes it (sync workers do after
     every answer)."""
 
-    def __init__(self, port: int, timeout: float) -> None:
+    def __init__(self, port: int, timeout: float, close: bool = False) -> None:
         self.port = port
         self.timeout = timeout
+        self.headers = {"Content-Type": "application/json"}
+        if close:  # a caller (or front end) that opens a connection per request
+            self.headers["Connection"] = "close"
         self.conn: http.client.HTTPConnection | None = None
 
     def post(self, body: bytes) -> tuple[int, bytes]:
         if self.conn is None:
             self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
         try:
-            self.conn.request("POST", "/score", body, {"Content-Type": "application/json"})
+            self.conn.request("POST", "/score", body, self.headers)
             response = self.conn.getresponse()
             data = response.read()
         except BaseException:
             self.close()
             raise
-        if response.will_close:
+        if response.will_close or "Connection" in self.headers:
             self.close()
         return response.status, data
 
@@ -265,10 +268,12 @@ def client_loop(
     seconds: float,
     max_requests: int,
     timeout: float,
+    close: bool = False,
 ) -> ClientRun:
-    """Send the bodies in turn (from ``offset``) until the time or the count is used up."""
+    """Send the bodies in turn (from ``offset``) until the time or the count is used up;
+    ``close``: a new connection for every request."""
     run = ClientRun()
-    conn = Connection(port, timeout)
+    conn = Connection(port, timeout, close)
     started = time.perf_counter()
     deadline = started + seconds
     sent = 0
@@ -302,6 +307,7 @@ def run_clients(
     seconds: float,
     max_requests: int,
     timeout: float,
+    close: bool = False,
 ) -> list[ClientRun]:
     """``clients`` processes (the GIL would serialise threads) started together."""
     context = multiprocessing.get_context("fork")
@@ -310,7 +316,12 @@ def run_clients(
     processes = [
         context.Process(
             target=_client_process,
-            args=(barrier, results, i, (port, bodies, i * 97, seconds, max_requests, timeout)),
+            args=(
+                barrier,
+                results,
+                i,
+                (port, bodies, i * 97, seconds, max_requests, timeout, close),
+            ),
             daemon=True,
         )
         for i in range(clients)
@@ -377,6 +388,7 @@ def measure(
                         seconds / args.rounds,
                         max(1, cap // args.rounds),
                         timeout,
+                        args.close,
                     )
                     config.slices.setdefault((kind, clients), []).append(runs)
             for config in configs:
@@ -508,6 +520,12 @@ def _arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[dict[st
     parser.add_argument("--batch-seconds", type=float, default=5.0, help="0: no batch round")
     parser.add_argument("--rounds", type=int, default=5, help="slices per level (interleaving)")
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
+    parser.add_argument(
+        "--close",
+        action="store_true",
+        help="a new connection per request (Connection: close), as a front end that does not "
+        "keep connections to the container alive would",
+    )
     args = parser.parse_args(argv)
     try:
         base = parse_overrides(args.set)
@@ -539,7 +557,12 @@ def main(argv: list[str] | None = None) -> int:
         loads["batch"] = ([batch], args.batch_seconds, 1000)
     print(
         f"deployment.yml: {specs.model_settings_summary(deployment)}; client timeout "
-        f"{args.request_timeout_ms} ms (request_timeout_ms)."
+        f"{args.request_timeout_ms} ms (request_timeout_ms); "
+        + (
+            "a new connection per request."
+            if args.close
+            else "connections kept alive when the server allows."
+        )
     )
     print(f"Machine: {_describe_machine()}.", flush=True)
 

@@ -147,6 +147,11 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 class _EveryOtherFails(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the threaded local workers allow
     count = 0
+    connections = 0
+
+    def setup(self) -> None:
+        type(self).connections += 1
+        super().setup()
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
@@ -167,6 +172,10 @@ def test_client_loop_counts_answers_and_errors_over_real_http():
     thread.start()
     try:
         run = bench.client_loop(server.server_address[1], [b"a", b"b"], 0, 30.0, 10, 5.0)
+        assert _EveryOtherFails.connections == 1  # one kept-alive connection
+        closing = bench.client_loop(server.server_address[1], [b"a"], 0, 30.0, 4, 5.0, True)
+        assert _EveryOtherFails.connections == 1 + 4  # --close: one per request
+        assert len(closing.latencies) + len(closing.errors) == 4
     finally:
         server.shutdown()
         server.server_close()
