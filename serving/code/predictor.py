@@ -514,9 +514,12 @@ def parse_request(
 def _numbers_only(body: bytes) -> bool:
     """True when a body whose one key is "data" can hold nothing but numbers and lists there:
     no quote beyond the key's two, and none of the letters of true, false and null (each
-    holds u, l or s; a number holds none). Single-byte searches, much faster than searching
-    for the words themselves; a False only sends the body down the careful path."""
-    return body.count(b'"') == 2 and not (b"u" in body or b"l" in body or b"s" in body)
+    holds u, l or s; a number holds none). Single-byte searches (memchr), much faster than
+    counting or searching for the words; a False only sends the body down the careful path."""
+    key_ends = body.find(b'"', body.find(b'"') + 1)
+    if key_ends < 0 or body.find(b'"', key_ends + 1) >= 0:
+        return False
+    return not (b"u" in body or b"l" in body or b"s" in body)
 
 
 def _plain_batch(data: list[Any], form: ImageFormat) -> np.ndarray | None:
