@@ -52,9 +52,9 @@ PROC = Path("/proc")
 # Worker memory may move a little as allocators settle; more than this after the load is growth.
 RSS_GROWTH_TOLERANCE = 0.05
 RSS_GROWTH_FLOOR_BYTES = 16 << 20
-# Throughput at the most clients against one client: at least this (noise allowed for; with
-# fewer workers than clients the extra requests only wait).
-SCALING_GOAL = 0.9
+# The slowest p99 (4 clients, batches included) must leave this factor to request_timeout_ms:
+# Azure nodes can be slower than this machine, as specs.FULL_BATCH_SAFETY says for a batch.
+TIMEOUT_MARGIN = 4.0
 RSS_GOAL_BYTES = 300 << 20  # issue 12: a scoring worker without TensorFlow
 
 
@@ -430,19 +430,26 @@ def comparison(configs: Sequence[Config], kind: str, levels: Sequence[int]) -> l
 
 
 def goals(
-    levels: Sequence[Level], batches: Sequence[Level], before: Memory, after: Memory
+    levels: Sequence[Level],
+    batches: Sequence[Level],
+    before: Memory,
+    after: Memory,
+    request_timeout_ms: int,
 ) -> list[tuple[str, bool]]:
+    """Pass or fail for one configuration. Throughput scaling is printed, not judged: here the
+    clients take the server's cores, so more clients can lower it on a busy machine."""
     every = [*levels, *batches]
     errors = sum(level.errors for level in every)
-    top, one = levels[-1], levels[0]
-    scale = top.requests_per_s / one.requests_per_s if one.requests_per_s else 0.0
+    worst = max(every, key=lambda level: level.p99_ms)
+    budget = request_timeout_ms / TIMEOUT_MARGIN
     same_workers = set(before.rss) == set(after.rss)
     return [
         (f"errors at every level: {errors} (goal 0)", errors == 0),
         (
-            f"throughput at {top.clients} clients vs 1: {scale:.2f}x (goal >= {SCALING_GOAL}x: "
-            "clients beyond the workers queue; they must not slow the server down)",
-            scale >= SCALING_GOAL,
+            f"worst p99 {worst.p99_ms:.0f} ms ({worst.clients} clients"
+            f"{', batches' if worst in batches else ''}) within request_timeout_ms "
+            f"{request_timeout_ms} / {TIMEOUT_MARGIN:g} = {budget:.0f} ms",
+            worst.p99_ms <= budget,
         ),
         (
             f"worker memory after the load: {after.describe()}, before {before.describe()} "
@@ -489,7 +496,9 @@ def report(config: Config, args: argparse.Namespace, kinds: Sequence[str]) -> bo
         print("  images/s: " + ", ".join(rates))
     problems = deployment_problems(config.overrides, config.server.startup_seconds)
     print("specs.check_deployment: " + ("; ".join(problems) or "consistent"))
-    results = goals(tables["single"], tables.get("batch", []), config.before, after)
+    results = goals(
+        tables["single"], tables.get("batch", []), config.before, after, args.request_timeout_ms
+    )
     for text, met in results:
         print(f"{'PASS' if met else 'FAIL'}  {text}")
     return all(met for _, met in results)

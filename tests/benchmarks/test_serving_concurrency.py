@@ -89,14 +89,16 @@ def test_worker_memory_sums_the_masters_children_only(tmp_path):
 
 
 def test_worker_memory_reads_the_real_proc():
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    script = "import time; print('up', flush=True); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
     try:
+        assert child.stdout is not None and child.stdout.readline() == b"up\n"  # running
         memory = bench.worker_memory(os.getpid())
         assert child.pid in memory.rss
         assert 1 << 20 < memory.rss[child.pid] < 1 << 30  # a Python interpreter: MBs, not GBs
     finally:
         child.kill()
-        child.wait()
+        child.communicate()
 
 
 def test_memory_growth_allows_noise_not_leaks():
@@ -184,3 +186,27 @@ def test_client_loop_counts_answers_and_errors_over_real_http():
     refused = bench.client_loop(free_port(), [b"a"], 0, 30.0, 3, 1.0)
     assert refused.latencies == []
     assert len(refused.errors) == 3 and "ConnectionRefusedError" in refused.errors[0]
+
+
+def _level(clients: int, p99_ms: float, errors: int = 0) -> bench.Level:
+    return bench.Level(clients, 100, errors, 50.0, 1.0, p99_ms, ())
+
+
+def test_goals_judge_errors_the_slowest_p99_and_memory():
+    mb = 1 << 20
+    before = bench.Memory({7: 120 * mb, 8: 121 * mb})
+    flat = bench.Memory({7: 121 * mb, 8: 122 * mb})
+    singles = [_level(1, 9.0), _level(2, 20.0), _level(4, 60.0)]
+    batches = [_level(1, 100.0), _level(4, 1250.0)]
+    results = bench.goals(singles, batches, before, flat, 5000)
+    assert [met for _, met in results] == [True, True, True, True]
+    assert "worst p99 1250 ms (4 clients, batches)" in results[1][0]
+    assert "5000 / 4 = 1250 ms" in results[1][0]
+    slow = bench.goals(singles, [_level(4, 1251.0)], before, flat, 5000)
+    assert [met for _, met in slow] == [True, False, True, True]
+    failing = [_level(1, 9.0), _level(4, 60.0, errors=2)]
+    assert not bench.goals(failing, [], before, flat, 5000)[0][1]
+    restarted = bench.Memory({7: 121 * mb, 9: 122 * mb})  # a worker replaced during the load
+    assert not bench.goals(singles, [], before, restarted, 5000)[2][1]
+    heavy = bench.Memory({7: 301 * mb, 8: 121 * mb})
+    assert [met for _, met in bench.goals(singles, [], before, heavy, 5000)][2:] == [False, False]
