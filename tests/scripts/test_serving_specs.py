@@ -151,11 +151,12 @@ def test_check_finds_a_timeout_too_short_for_a_full_batch():
 
 
 def test_check_finds_probes_too_short_for_the_measured_startup():
-    problem = _one_problem(specs.load_deployment(), startup_seconds=52)
-    assert problem.startswith("liveness_probe gives up after 150 s, but the server took 52.0 s")
-    problems = specs.check_deployment(specs.load_deployment(), startup_seconds=60)
-    assert any(p.startswith("readiness_probe gives up after 160 s") for p in problems), problems
-    assert specs.check_deployment(specs.load_deployment(), startup_seconds=50) == []
+    problem = _one_problem(specs.load_deployment(), startup_seconds=72)
+    assert problem.startswith("readiness_probe gives up after 210 s, but the server took 72.0 s")
+    problems = specs.check_deployment(specs.load_deployment(), startup_seconds=80)
+    assert any(p.startswith("liveness_probe gives up after 230 s") for p in problems), problems
+    # the slowest start measured (TensorFlow fallback, four workers on two busy cores): fits
+    assert specs.check_deployment(specs.load_deployment(), startup_seconds=62.7) == []
 
 
 def test_check_finds_bad_values_and_unknown_sizes():
