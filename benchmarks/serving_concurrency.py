@@ -11,15 +11,20 @@ as it would on Azure). ``python -m scripts serve`` uses threaded workers instead
 benchmark measures what the endpoint runs.
 
 Each level runs N client processes (each one ``http.client`` connection, kept alive when the
-server allows it) that send single real MNIST test images for ``--seconds`` (at most
-``--max-requests`` each), then a shorter round of batches of 256 images. Printed per level:
-requests/s, p50, p99, errors (non-200 answers, timeouts at the deployment's
-``request_timeout_ms``, connection errors) and the RSS of the gunicorn workers (sum and largest,
-read from /proc) before and after, with ratios against the 1-client level of the same run.
-The goals at the end print PASS or FAIL; the exit status is 1 if any fails.
+server allows it; ``--close``: a new one per request) that send single real MNIST test images
+for ``--seconds`` (at most ``--max-requests`` each), then a shorter round of batches of 256
+images. ``--compare NAME=VALUE[,NAME=VALUE]`` starts more servers beside the first, and every
+level is cut into ``--rounds`` slices that the servers take in turn (rotating), so that all see
+the same machine load. Printed per configuration and level: requests/s, p50, p99, errors
+(non-200 answers, timeouts at the deployment's ``request_timeout_ms``, connection errors) and
+the RSS of the gunicorn workers (sum and largest, read from /proc) after warm-up and after
+each level, with ratios against the 1-client level and against the first configuration. Each
+configuration's goals print PASS or FAIL (no errors, the worst p99 within a quarter of
+``request_timeout_ms``, no memory growth, workers <= 300 MB); the exit status is 1 if one of
+the first configuration's fails.
 
     MNIST_DATA_DIR=../shared/data/mnist python -m benchmarks.serving_concurrency \\
-        --model-dir outputs [--set WORKER_COUNT=2] [--seconds 15]
+        --model-dir outputs [--set WORKER_COUNT=2] [--compare GUNICORN_CMD_ARGS=--threads=2]
 
 Client and server share this machine's cores: with 2 cores the clients take CPU from the
 workers, so the figures say how the configuration behaves under contention (queueing, errors,
