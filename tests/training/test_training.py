@@ -31,6 +31,13 @@ def test_default_run_reaches_98_percent_and_writes_every_output(mnist_dir, tmp_p
     assert metrics["test_accuracy"] >= 0.98, metrics
     assert metrics["epochs"] == 6 and metrics["distribution"] == "single"
     assert metrics["train_seconds"] > 0 and metrics["examples_per_second"] > 1000
+    # Where each epoch's time went, measured: training (the epochs' seconds), the test-set
+    # evaluation, MLflow, the checkpoint; compiling the DNN's step came before the first.
+    parts = metrics["seconds_per_epoch"]
+    assert set(parts) == {"train", "evaluate", "tracking", "checkpoint", "other"}
+    assert min(parts["train"], parts["evaluate"], parts["tracking"], parts["checkpoint"]) > 0
+    assert 6 * parts["train"] == pytest.approx(metrics["train_seconds"], abs=0.01)
+    assert metrics["compiled_step"] is True and metrics["startup_seconds"] > 0
     for picture in ("training_curves.png", "confusion_matrix.png"):
         data = (out / picture).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000
