@@ -10,8 +10,9 @@ baselines, all measured in this process, one after the other (round-robin with -
 - ours: ``training.train`` with every default (MLflow into a scratch store), and once more
   with ``--epochs 3`` (a shorter schedule).
 
-Seconds to 98.0% test accuracy count training only (compilation included, the per-epoch
-evaluation excluded), for every contender alike.
+Seconds to 98.0% test accuracy count training only (compilation included: ours compiles its
+step before the first epoch, Keras in it; the per-epoch evaluation excluded), for every
+contender alike. Ours' examples/s (metrics.json) count its epochs, after that compilation.
 
     MNIST_DATA_DIR=../shared/data/mnist python -m benchmarks.train_speed [--repeats 3]
 
@@ -224,7 +225,8 @@ def ours(data: Any, epochs: int | None = None) -> dict[str, Any]:
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = previous
         history = json.loads(Path(out, "outputs", "checkpoints", "history.json").read_text())
-    elapsed, to_target, reached = 0.0, math.inf, 0
+    # Compiling the step before the first epoch (metrics.json's startup_seconds) counts too.
+    elapsed, to_target, reached = metrics.get("startup_seconds", 0.0), math.inf, 0
     for row in history:
         elapsed += row["seconds"]
         if row["test_accuracy"] >= TARGET:

@@ -23,7 +23,8 @@ when ``OUTPUT_DIR/checkpoints/run.json`` says the same flags, runtime and data p
 (``training/resume.py``; ``--epochs`` included: it sets the schedule's length); otherwise it
 stops before training and says what differs. ``--restart`` discards the old checkpoints. A
 rerun of a finished folder with the same flags has nothing to do and changes nothing.
-SIGINT and SIGTERM stop after the current step with one line (exit 130 and 143).
+SIGINT and SIGTERM stop after the current call of steps (the first step, then up to 64 a
+call: ``Runtime.steps_per_call``) with one line (exit 130 and 143).
 
 Writes to ``--output-dir`` (only the chief): ``model/`` (an MLflow model; the Keras file is
 ``model/data/model.keras``), ``metrics.json``, ``training_curves.png``,
@@ -172,7 +173,13 @@ class EpochClock:
 
 
 class Trainer:
-    """The training loop for every runtime: one step function, several ways to run it."""
+    """The training loop for every runtime: one step function, several ways to run it.
+
+    ``_steps(iterator, count)`` runs ``count`` steps in one graph loop (the host waits once a
+    call, not once a step); the runtime's ``run_steps`` decides how many a call. The replica
+    step inside is XLA-compiled where the model asks for it (``Architecture.jit``) and the
+    runtime allows it (``Runtime.compiles_step``); ``warm_up`` compiles it before the clock.
+    """
 
     def __init__(self, config: Config, runtime: Runtime, data: Mnist) -> None:
         import keras
