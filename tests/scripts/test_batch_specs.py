@@ -7,7 +7,12 @@ import ast
 from pathlib import Path
 
 import yaml
-from azure.ai.ml import load_batch_deployment, load_batch_endpoint, load_environment
+from azure.ai.ml import (
+    load_batch_deployment,
+    load_batch_endpoint,
+    load_environment,
+    load_online_deployment,
+)
 from azure.ai.ml._utils._asset_utils import get_ignore_file
 
 from infra.config import load_project, read_stack_values, validate_config
@@ -76,14 +81,39 @@ def test_the_environment_has_what_the_batch_driver_and_the_script_import() -> No
     assert "PIL" not in pins and "pillow" in pins
 
 
-def test_only_the_scoring_script_is_uploaded() -> None:
+def _uploaded(code: Path, into: Path) -> list[str]:
+    """What azure-ai-ml uploads of a copy of ``code`` after a test run and an editor left their
+    caches in it (the ignore file of the folder decides, as on upload)."""
+    import shutil
+
+    copy = into / code.name
+    shutil.copytree(code, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "__pycache__").mkdir()
+    (copy / "__pycache__" / "score.cpython-311.pyc").write_bytes(b"\x00")
+    (copy / "stray.pyc").write_bytes(b"\x00")
+    ignore = get_ignore_file(copy)
+    return sorted(
+        p.relative_to(copy).as_posix()
+        for p in copy.rglob("*")
+        if p.is_file() and not ignore.is_file_excluded(p)
+    )
+
+
+def test_only_the_scoring_script_is_uploaded(tmp_path: Path) -> None:
     deployment = load_batch_deployment(BATCH / "deployment.yml")
     code = Path(deployment.base_path, deployment.code_configuration.code).resolve()
-    ignore = get_ignore_file(code)
-    uploaded = sorted(
-        p.relative_to(code).as_posix()
-        for p in code.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and not ignore.is_file_excluded(p)
-    )
     assert code == BATCH / "code"
-    assert uploaded == ["batch_score.py"]
+    assert _uploaded(code, tmp_path) == ["batch_score.py"]
+
+
+def test_the_online_code_folder_uploads_its_modules_and_no_caches(tmp_path: Path) -> None:
+    deployment = load_online_deployment(BATCH.parent / "deployment.yml")
+    code = Path(deployment.base_path, deployment.code_configuration.code).resolve()
+    assert code == BATCH.parent / "code"
+    assert _uploaded(code, tmp_path) == [
+        "contract.py",
+        "npy_body.py",
+        "predictor.py",
+        "request_log.py",
+        "score.py",
+    ]

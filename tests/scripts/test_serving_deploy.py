@@ -84,6 +84,7 @@ def test_first_rollout_creates_the_endpoint_and_serves_the_real_scorer(
     # Only the scoring code is uploaded (serving/code/), under the folder's own name.
     assert sorted(name.rsplit("/", 2)[-2:][1] for name in fake.blobs) == [
         "contract.py",
+        "npy_body.py",
         "predictor.py",
         "request_log.py",
         "score.py",
