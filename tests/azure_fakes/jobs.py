@@ -42,7 +42,7 @@ class Jobs(BlobStorage):
                     "displayName": "train",
                     "status": "Running",
                     "command": "python -m training.train",
-                    "environmentId": "azureml:tf-mnist-train:1",
+                    "environmentId": "azureml:tf-mnist-train:2",
                     "parentJobName": name,
                     "properties": {},
                     "services": {"Studio": {"endpoint": f"https://ml.azure.com/runs/{child}"}},

@@ -72,7 +72,7 @@ def test_submit_sends_the_job_the_spec_declares(fake: FakeWorkspace, capsys) -> 
     first = fake.arm_calls()[0]  # the cluster is checked first
     assert (first.method, first.path) == ("GET", f"{ws}/computes/gpu-cluster")
     # the environment was missing: registered from training/environments/train/environment.yml
-    (environment,) = fake.calls("PUT", "/environments/tf-mnist-train/versions/1$")
+    (environment,) = fake.calls("PUT", "/environments/tf-mnist-train/versions/2$")
     assert environment.json()["properties"]["image"].startswith("mcr.microsoft.com/azureml/")
     assert "tensorflow[and-cuda]==2.21.0" in environment.json()["properties"]["condaFile"]
     assert not fake.calls("PUT", "/data/")  # the data asset exists: nothing re-registered
@@ -90,7 +90,7 @@ def test_submit_sends_the_job_the_spec_declares(fake: FakeWorkspace, capsys) -> 
     spec = component.json()["properties"]["componentSpec"]
     assert spec["command"].startswith("python -m training.train ")
     assert "--output-dir ${{outputs.run}}" in spec["command"]
-    assert spec["environment"] == f"azureml:{ws}/environments/tf-mnist-train/versions/1"
+    assert spec["environment"] == f"azureml:{ws}/environments/tf-mnist-train/versions/2"
     assert spec["code"].startswith(f"azureml:{ws}/codes/")
 
     body = job_body(fake)
@@ -112,13 +112,13 @@ def test_submit_sends_the_job_the_spec_declares(fake: FakeWorkspace, capsys) -> 
     assert step["inputs"]["epochs"] == {"value": "3", "job_input_type": "literal"}
     assert body["outputs"] == {"run": {"jobOutputType": "uri_folder"}}
     out = capsys.readouterr().out
-    assert "registered environment tf-mnist-train:1" in out
+    assert "registered environment tf-mnist-train:2" in out
     assert "submitted " in out and "studio: https://ml.azure.com/runs/" in out
 
 
 def test_a_registered_environment_is_reused_not_rebuilt(fake: FakeWorkspace) -> None:
     mirror_data(fake)
-    fake.add_asset("environments", "tf-mnist-train", "1", {"image": "built"})
+    fake.add_asset("environments", "tf-mnist-train", "2", {"image": "built"})
     submit(fake, "parameter_server.yml", "--no-wait")
     assert not fake.calls("PUT", "/environments/")
     step = job_body(fake)["jobs"]["train"]

@@ -169,7 +169,7 @@ def test_the_training_image_pins_what_the_tests_run() -> None:
     local = _pins((REPO_ROOT / "requirements.txt").read_text().splitlines())
     assert all("==" in line for line in pip), "pin every package"
     assert "tensorflow[and-cuda]==" in " ".join(pip)  # CUDA and cuDNN come as pinned wheels
-    for package in ("tensorflow", "matplotlib", "tqdm"):
+    for package in ("tensorflow", "matplotlib", "tqdm", "tf2onnx", "onnx", "onnxruntime"):
         assert image[package] == local[package], package
     assert {"mlflow", "azureml-mlflow", "keras", "numpy"} <= set(image)
 
