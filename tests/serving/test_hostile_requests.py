@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 IMAGE = json.dumps([0.5] * 784)
 ROWS = json.dumps([[0.5] * 28] * 28)
 VALID = f'{{"data": [{IMAGE}]}}'.encode()
-MAX_WORKER_RSS_MB = 1500  # a worker holds TensorFlow and the model: about 0.8 GB here
+MAX_WORKER_RSS_MB = 300  # a worker holds ONNX Runtime and the model: about 130 MB here (issue 12)
 MAX_RSS_GROWTH_MB = 100  # across the whole run, per worker
 
 
