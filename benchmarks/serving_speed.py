@@ -41,6 +41,7 @@ scorer's start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import json
@@ -51,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +179,36 @@ def _result(name: str, singles: list[float], batches: list[float]) -> Result:
     )
 
 
+def _one_worker() -> dict[str, str]:
+    """deployment.yml's server settings with one worker: each server is timed alone."""
+    return {**specs.server_settings(), "WORKER_COUNT": "1"}
+
+
+@contextlib.contextmanager
+def _serving(
+    names: list[str], model_dir: Path, log_dir: Path, prefix: str = ""
+) -> Iterator[dict[str, Client]]:
+    """One-worker servers of these scorers side by side on loopback, a client for each; all
+    are stopped (by their own PIDs) when the block ends, however it ends."""
+    settings = _one_worker()
+    servers = {
+        name: LocalServer(
+            model_dir=model_dir,
+            settings=settings,
+            log_path=log_dir / f"{prefix}{SCORERS[name].stem}.log",
+            entry_script=SCORERS[name],
+        )
+        for name in names
+    }
+    try:
+        for server in servers.values():
+            server.start()
+        yield {name: Client(server.port) for name, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
 def _measure(
     names: list[str],
     model_dir: Path,
@@ -186,20 +218,7 @@ def _measure(
     log_dir: Path,
 ) -> dict[str, Result]:
     """Start these servers side by side, warm them up, then time them round-robin."""
-    settings = {**specs.server_settings(), "WORKER_COUNT": "1"}
-    servers = {
-        name: LocalServer(
-            model_dir=model_dir,
-            settings=settings,
-            log_path=log_dir / f"{SCORERS[name].stem}.log",
-            entry_script=SCORERS[name],
-        )
-        for name in names
-    }
-    try:
-        for server in servers.values():
-            server.start()
-        clients = {name: Client(server.port) for name, server in servers.items()}
+    with _serving(names, model_dir, log_dir) as clients:
         _round_robin(clients, single, dict.fromkeys(clients, args.warmup), 120)
         _round_robin(clients, batch, dict.fromkeys(clients, 3), 120)
         caps = {name: args.naive_requests if name == "naive" else args.requests for name in names}
@@ -207,9 +226,6 @@ def _measure(
         batches = _round_robin(
             clients, batch, dict.fromkeys(names, args.batch_requests), args.seconds
         )
-    finally:
-        for server in servers.values():
-            server.stop()
     return {name: _result(name, singles[name], batches[name]) for name in names}
 
 
@@ -264,7 +280,7 @@ def measure_starts(
     """Start each server (label -> entry script, model folder) on its own, in a rotating order
     for ``rounds`` rounds: its time to healthy, then its worker's RSS after 20 single-image
     requests and 3 batches."""
-    settings = {**specs.server_settings(), "WORKER_COUNT": "1"}
+    settings = _one_worker()
     starts = {label: Start([], []) for label in servers}
     labels = list(servers)
     for round_ in range(rounds):
@@ -342,21 +358,9 @@ def measure_formats(
     on two one-worker servers: score.py and the JSON-before baseline. From the median request
     time: on a shared machine a burst of another process's work lands on a few requests,
     whichever format they happen to carry (one such burst halved a mean over 40 requests)."""
-    settings = {**specs.server_settings(), "WORKER_COUNT": "1"}
-    servers = {
-        name: LocalServer(
-            model_dir=model_dir,
-            settings=settings,
-            log_path=log_dir / f"formats-{SCORERS[name].stem}.log",
-            entry_script=SCORERS[name],
-        )
-        for name in {target.server for target in targets.values()}
-    }
     times: dict[str, list[float]] = {label: [] for label in targets}
-    try:
-        for server in servers.values():
-            server.start()
-        clients = {name: Client(server.port) for name, server in servers.items()}
+    names = sorted({target.server for target in targets.values()})
+    with _serving(names, model_dir, log_dir, prefix="formats-") as clients:
         labels = list(targets)
         deadline = time.perf_counter() + args.seconds
         for round_ in range(3 + args.batch_requests):  # the first 3 rounds warm up
@@ -368,9 +372,6 @@ def measure_formats(
                 elapsed = clients[target.server].post(target.body, target.content_type)
                 if round_ >= 3:
                     times[label].append(elapsed)
-    finally:
-        for server in servers.values():
-            server.stop()
     return {label: BATCH / statistics.median(t) for label, t in times.items() if t}
 
 
