@@ -80,25 +80,6 @@ def tensorflow_tasks(command: Sequence[str], worker_count: int, ps_count: int = 
     ]
 
 
-def horovod_tasks(command: Sequence[str], process_count: int, horovod_python: str) -> list[Task]:
-    """The one launcher process of a ``type: mpi`` job: ``horovodrun`` over Gloo on loopback.
-
-    Azure ML's ``mpirun`` starts ``process_count`` ranks of ``command``; here ``horovodrun``
-    does, from the Horovod virtualenv (its ``python`` first on PATH, so ``python`` in the
-    command is the one Horovod was built for), prefixing each line with ``[rank]``. The one
-    host is 127.0.0.1, so horovodrun runs every rank here and Gloo talks over loopback.
-    """
-    bin_dir = os.path.dirname(horovod_python)
-    launcher = [os.path.join(bin_dir, "horovodrun"), "--gloo", "-np", str(process_count)]
-    return [
-        Task(
-            "horovodrun",
-            [*launcher, "-H", f"{LOOPBACK}:{process_count}", *command],
-            {"PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])},
-        )
-    ]
-
-
 class Stopped(BaseException):
     """A signal (SIGTERM, SIGHUP) asked the command to stop; unwinds like ``KeyboardInterrupt``."""
 

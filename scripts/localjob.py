@@ -4,9 +4,10 @@ The command is the component's, with ``${{inputs.*}}`` and ``${{outputs.*}}`` fi
 output is a fresh folder under ``OUTPUTS/<job name>/``), run with ``bash -c`` from the spec's
 ``code`` folder, with the variables Azure ML sets and the spec's ``environment_variables``.
 ``distribution`` picks the processes: one for a plain command, one per worker and parameter
-server with its ``TF_CONFIG`` for ``type: tensorflow``, and ``horovodrun --gloo`` over the
-ranks for ``type: mpi`` with the Horovod virtualenv's ``python`` (``scripts/launch.py``). If
-any process fails the others are stopped and its exit status is the run's.
+server with its ``TF_CONFIG`` for ``type: tensorflow`` (``scripts/launch.py``), and the
+launchers ``LAUNCHERS`` imports on first use for the others (``type: mpi``: Horovod's ranks).
+A distribution this project was made without is refused with one message, before anything
+starts. If any process fails the others are stopped and its exit status is the run's.
 
 The local Python environment stands in for the spec's ``environment``: ``python`` in the
 command is the interpreter running this module.
@@ -17,6 +18,7 @@ command, the inputs as local values, the code folder, the distribution); ``run_p
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -30,7 +32,8 @@ from typing import Any, TextIO
 
 from scripts import UserError
 from scripts.jobspec import DATA_TYPES, Spec, display_path, parse_asset_ref
-from scripts.launch import Task, horovod_tasks, run_tasks, tensorflow_tasks
+from scripts.launch import Task, run_tasks, tensorflow_tasks
+from training.runtime import CLUSTER_RUNTIMES
 
 _PLACEHOLDER = re.compile(r"\$\{\{\s*([A-Za-z_]+)\.([A-Za-z0-9_.]+)\s*\}\}")
 _OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
@@ -197,23 +200,54 @@ def _tensorflow(plan: LocalPlan, argv: list[str]) -> list[Task]:
     parameter_servers = int(distribution.parameter_server_count or 0)
     if workers < 1:
         raise UserError("distribution.worker_count must be at least 1")
+    if parameter_servers and "parameter_server" not in CLUSTER_RUNTIMES:
+        raise _left_out(plan, "parameter_server")
     return tensorflow_tasks(argv, workers, parameter_servers)
 
 
-def _mpi(plan: LocalPlan, argv: list[str]) -> list[Task]:
-    """Azure ML's mpirun, locally: horovodrun over Gloo with the pinned Horovod environment."""
-    from training.environments.horovod import build_env
+def _left_out(plan: LocalPlan, kind: str) -> UserError:
+    """The refusal of a spec whose distribution this project does not have."""
+    asks, option = LEFT_OUT[kind]
+    return UserError(
+        f"{display_path(plan.spec.path)} asks for {asks}, which this project does not have: it "
+        f"was made from the template with {option}=no, or that support was removed. Run the "
+        "step without it, e.g. training/jobs/multi_worker.yml (`distribution: type: "
+        "tensorflow`, workers only), or make the project again with "
+        f"{option}=yes. Nothing was started or written."
+    )
 
-    per_node = int(plan.distribution.process_count_per_instance or 1)
-    ranks = int(plan.instance_count or 1) * per_node
+
+def _launcher(plan: LocalPlan, kind: str) -> Launcher | None:
+    """The launcher of a distribution type; None when it has none (or its module is gone)."""
+    launcher = LAUNCHERS.get(kind)
+    if not isinstance(launcher, str):
+        return launcher
+    module, _, function = launcher.partition(":")
     try:
-        python = build_env.ensure()  # built once (minutes), then reused
-    except build_env.HorovodEnvError as exc:
-        raise UserError(str(exc)) from exc
-    return horovod_tasks(argv, ranks, str(python))
+        return getattr(importlib.import_module(module), function)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return None
 
 
-LAUNCHERS: dict[str, Launcher] = {"tensorflow": _tensorflow, "mpi": _mpi}
+# distribution type -> its launcher, or "module:function" for one imported on first use (its
+# module and the environment it needs exist only in projects made with that option)
+LAUNCHERS: dict[str, Launcher | str] = {
+    "tensorflow": _tensorflow,
+    # fork:begin horovod
+    "mpi": "scripts.horovod_launch:mpi_tasks",
+    # fork:end horovod
+}
+
+# What a distribution the template may leave out asks for, and the template option it needs.
+LEFT_OUT = {
+    "mpi": ("`distribution: type: mpi` (Horovod over MPI)", "horovod"),
+    "parameter_server": (
+        "parameter servers (`parameter_server_count` in its `distribution`)",
+        "parameter_server",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -297,7 +331,9 @@ def tasks_for(plan: LocalPlan, command: str) -> list[Task]:
     if distribution is None:
         return [Task("main", argv)]
     kind = str(distribution.type).lower()
-    launcher = LAUNCHERS.get(kind)
+    launcher = _launcher(plan, kind)
+    if launcher is None and kind in LEFT_OUT:
+        raise _left_out(plan, kind)
     if launcher is None:
         raise UserError(
             f"distribution type {kind!r} does not run locally yet (local runs support: "

@@ -1,9 +1,9 @@
 """The runtime a training process runs in, as the training loop sees it.
 
 ``Runtime`` is the single-process default (one device, or several local GPUs under
-MirroredStrategy); ``training/distribute.py`` adds the tf.distribute runtimes of a cluster
-(multi-worker, parameter server) and picks one from the environment,
-``training/horovod_runtime.py`` adds Horovod. The Trainer and the checkpoints only call the
+MirroredStrategy); ``training/distribute.py`` adds the multi-worker runtime of a cluster and
+picks one from the environment, importing the optional cluster runtimes (parameter server,
+Horovod) from the modules ``CLUSTER_RUNTIMES`` names. The Trainer and the checkpoints only call the
 hooks below; each runtime class overrides the ones where it differs, so no code branches on
 ``kind``, which is data: the name written to metrics.json, MLflow and the checkpoints' record.
 
@@ -13,6 +13,7 @@ TensorFlow loads.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,8 +27,26 @@ if TYPE_CHECKING:
 Step = Callable[[Any, Any], tuple[Any, Any]]
 
 
+# The optional cluster runtimes: kind -> the module with its ``detect``, imported only when the
+# launcher asks for that kind. A project made from the template without one (cookiecutter's
+# answer "no") has neither the module nor its line here, and refuses such a launcher.
+CLUSTER_RUNTIMES: dict[str, str] = {
+    # fork:begin parameter_server
+    "parameter_server": "training.parameter_server_runtime",
+    # fork:end parameter_server
+    # fork:begin horovod
+    "horovod": "training.horovod_runtime",
+    # fork:end horovod
+}
+
+
 class ClusterConfigError(Exception):
     """TF_CONFIG (or the MPI environment) describes a cluster we cannot run in."""
+
+
+def server_threads(cluster: dict[str, list[str]]) -> int:
+    """Inter-op threads for a process of a local cluster: fewer than the workers deadlock."""
+    return max(len(cluster.get("worker", [])) + 2, os.cpu_count() or 1, 4)
 
 
 @dataclass(frozen=True, eq=False)

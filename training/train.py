@@ -14,8 +14,7 @@ Distributed: the same command, started by a launcher that sets the environment
 (``training/distribute.py`` reads it, no flag needed)::
 
     python -m scripts run training/jobs/multi_worker.yml   # TF_CONFIG, one process a worker
-    python -m scripts run training/jobs/parameter_server.yml
-    horovodrun -np 2 -H 127.0.0.1:2 --gloo python -m training.train  # Horovod
+    python -m scripts run training/jobs/OTHER.yml          # the other specs there, alike
 
 Re-running the same command with the same ``--output-dir`` resumes from the last epoch
 checkpoint in ``OUTPUT_DIR/checkpoints`` (how low-priority nodes survive eviction), but only
@@ -33,8 +32,8 @@ Writes to ``--output-dir`` (only the chief): ``model/`` (an MLflow model; the Ke
 
 This file is the training loop (``Trainer``, ``train``) and ``main``; its neighbours each do
 one job: ``training/config.py`` the flags, ``training/runtime.py`` (with ``distribute.py`` and
-``horovod_runtime.py``) where and how the process trains, ``training/resume.py`` whether the
-output folder's checkpoints may be resumed, ``training/checkpoints.py`` the checkpoints
+the cluster runtimes it imports) where and how the process trains, ``training/resume.py``
+whether the output folder's checkpoints may be resumed, ``training/checkpoints.py`` the checkpoints
 themselves, ``training/outputs.py`` the model, metrics and pictures, ``training/tracking.py``
 MLflow, ``training/signals.py`` Ctrl-C and eviction.
 """

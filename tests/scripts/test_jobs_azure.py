@@ -119,14 +119,27 @@ def test_submit_sends_the_job_the_spec_declares(fake: FakeWorkspace, capsys) -> 
 def test_a_registered_environment_is_reused_not_rebuilt(fake: FakeWorkspace) -> None:
     mirror_data(fake)
     fake.add_asset("environments", "tf-mnist-train", "2", {"image": "built"})
-    submit(fake, "parameter_server.yml", "--no-wait")
+    submit(fake, "multi_worker.yml", "--no-wait")
     assert not fake.calls("PUT", "/environments/")
+    (component,) = fake.calls("PUT", "/components/")
+    environment = component.json()["properties"]["componentSpec"]["environment"]
+    assert environment == f"azureml:{fake.ws}/environments/tf-mnist-train/versions/2"
+
+
+# fork:begin parameter_server
+def test_the_parameter_server_step_is_submitted_with_its_cluster(fake: FakeWorkspace) -> None:
+    mirror_data(fake)
+    submit(fake, "parameter_server.yml", "--no-wait")
     step = job_body(fake)["jobs"]["train"]
-    assert step["distribution"]["worker_count"] == 3
-    assert step["distribution"]["parameter_server_count"] == 1
+    assert step["distribution"] == {
+        "distribution_type": "TensorFlow",
+        "worker_count": 3,
+        "parameter_server_count": 1,
+    }
     assert step["environment_variables"] == {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}
 
 
+# fork:end parameter_server
 def test_submit_registers_the_data_asset_when_the_workspace_lacks_it(fake: FakeWorkspace) -> None:
     submit(fake, "single.yml", "--no-wait")
     (data,) = fake.calls("PUT", "/data/mnist/versions/1$")
@@ -144,6 +157,7 @@ def test_submit_follows_the_step_and_waits_for_the_job(fake: FakeWorkspace, caps
     assert name == "mnist-dnn-single-node"
 
 
+# fork:begin horovod
 def test_the_horovod_step_runs_in_the_horovod_environment(fake: FakeWorkspace) -> None:
     """azure-ai-ml drops a step's own `environment` from the REST body; submit must carry it
     into the component, or the step would run in TensorFlow 2.21 without Horovod."""
@@ -163,6 +177,7 @@ def test_the_horovod_step_runs_in_the_horovod_environment(fake: FakeWorkspace) -
     assert step["resources"] == {"instance_count": 2}
 
 
+# fork:end horovod
 def test_the_sweep_is_submitted_with_its_objective_and_early_termination(
     fake: FakeWorkspace,
 ) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 import re
 from pathlib import Path
 
@@ -21,10 +20,9 @@ import pytest
 
 from scripts import UserError
 from scripts.jobspec import JOBS_DIR, load_spec, parse_sets
-from scripts.launch import horovod_tasks
 from scripts.localjob import local_plan, run_plan
 from tests.local_jobs import scripts_run
-from training.distribute import parse_tf_config, promote_chief
+from training.distribute import parse_tf_config
 
 
 @pytest.mark.slow
@@ -33,7 +31,9 @@ from training.distribute import parse_tf_config, promote_chief
     [
         ("single", "single", ["main"]),
         ("multi_worker", "multi_worker", ["worker 0", "worker 1"]),
+        # fork:begin parameter_server
         ("parameter_server", "parameter_server", ["worker 0", "worker 1", "worker 2", "ps 0"]),
+        # fork:end parameter_server
     ],
 )
 def test_run_trains_the_spec_locally(
@@ -77,19 +77,6 @@ def test_run_trains_the_spec_locally(
 
 
 @pytest.mark.slow
-def test_run_starts_the_mpi_spec_with_horovodrun_over_gloo(local_job) -> None:
-    # Builds the pinned Horovod environment on first use (minutes), then reuses it.
-    job = local_job("horovod")  # shared with tests/training/test_model_export.py
-    assert job.result.returncode == 0, job.log[-4000:]
-    assert job.sets == ("inputs.epochs=1",)
-    assert "job job: 1 process(es)" in job.result.stdout  # horovodrun, which starts the ranks
-    metrics = json.loads((job.run / "metrics.json").read_text())
-    assert metrics["distribution"] == "horovod" and metrics["workers"] == 2
-    assert metrics["test_accuracy"] > 0.9
-    assert (job.run / "model" / "data" / "model.keras").is_file()
-
-
-@pytest.mark.slow
 def test_a_failing_process_fails_the_run_with_its_status(tmp_path: Path) -> None:
     empty = tmp_path / "empty-mount"
     empty.mkdir()
@@ -125,7 +112,10 @@ def environments_of_a_run(tmp_path: Path, spec: str) -> tuple[list[dict[str, str
     return [json.loads(path.read_text()) for path in dumps], log.getvalue()
 
 
+# fork:begin parameter_server
 def test_each_parameter_server_process_gets_its_own_task_as_on_azure_ml(tmp_path: Path) -> None:
+    from training.parameter_server_runtime import promote_chief
+
     environments, log = environments_of_a_run(tmp_path, "parameter_server.yml")
     configs = [json.loads(env["TF_CONFIG"]) for env in environments]
     tasks = sorted((c["task"]["type"], c["task"]["index"]) for c in configs)
@@ -155,6 +145,7 @@ def test_each_parameter_server_process_gets_its_own_task_as_on_azure_ml(tmp_path
     assert {env["TF_FORCE_GPU_ALLOW_GROWTH"] for env in environments} == {"true"}
 
 
+# fork:end parameter_server
 def test_each_multi_worker_process_gets_its_own_worker_index(tmp_path: Path) -> None:
     environments, log = environments_of_a_run(tmp_path, "multi_worker.yml")
     configs = [json.loads(env["TF_CONFIG"]) for env in environments]
@@ -167,22 +158,6 @@ def test_each_multi_worker_process_gets_its_own_worker_index(tmp_path: Path) -> 
     assert cluster["ps"] == []  # as Azure ML writes it when there are none
     assert len(set(cluster["worker"])) == 2
     assert all(address.startswith("127.0.0.1:") for address in cluster["worker"])
-
-
-def test_horovodrun_runs_every_rank_on_loopback() -> None:
-    (task,) = horovod_tasks(["bash", "-c", "python -m training.train"], 2, "/hvd/bin/python")
-    assert task.command == [
-        "/hvd/bin/horovodrun",
-        "--gloo",
-        "-np",
-        "2",
-        "-H",
-        "127.0.0.1:2",
-        "bash",
-        "-c",
-        "python -m training.train",
-    ]
-    assert task.env["PATH"].split(os.pathsep)[0] == "/hvd/bin"
 
 
 def test_a_run_never_writes_over_an_earlier_one(tmp_path: Path) -> None:

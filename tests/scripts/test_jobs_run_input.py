@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import UserError
+from scripts import UserError, localjob
 from scripts.__main__ import main
 from scripts.jobspec import JOBS_DIR, load_spec
 from scripts.localjob import local_plan, run_plan
@@ -67,7 +67,8 @@ def test_a_spec_that_is_no_job_is_refused(
 def test_a_folder_given_as_the_spec_is_refused(tmp_path: Path, capsys) -> None:
     status, err = run(capsys, str(tmp_path), "--outputs", str(tmp_path / "out"))
     assert status == 2
-    assert f"error: {tmp_path} is a folder, not a job spec: name a file, e.g. horovod.yml" in err
+    assert f"error: {tmp_path} is a folder, not a job spec: name a file, e.g. " in err
+    assert "single.yml" in err
 
 
 @pytest.mark.parametrize("where", [".", "sub"])
@@ -153,4 +154,60 @@ def test_a_bad_override_is_refused_before_anything_runs(
     first, *rest = message.split(" ... ")  # " ... ": the spec's path, as the cwd shows it
     assert err.startswith(f"error: {first}"), err
     assert all(piece in err for piece in rest), err
+    assert not (tmp_path / "out").exists()
+
+
+# A command job with each distribution a project may be made without (template options).
+DISTRIBUTIONS = {
+    "mpi": "type: mpi\n  process_count_per_instance: 2",
+    "parameter_server": "type: tensorflow\n  worker_count: 3\n  parameter_server_count: 1",
+}
+
+
+def distributed_spec(folder: Path, kind: str) -> Path:
+    spec = folder / f"{kind}.yml"
+    spec.write_text(
+        "$schema: https://azuremlschemas.azureedge.net/latest/commandJob.schema.json\n"
+        "type: command\ncommand: echo hello\ncode: .\n"
+        "environment: azureml:tf-mnist-train@latest\n"
+        f"distribution:\n  {DISTRIBUTIONS[kind]}\n"
+    )
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("kind", "asks", "option"),
+    [
+        ("mpi", "`distribution: type: mpi` (Horovod over MPI)", "horovod"),
+        ("parameter_server", "parameter servers (`parameter_server_count`", "parameter_server"),
+    ],
+)
+def test_a_distribution_this_project_was_made_without_is_refused(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, kind: str, asks: str, option: str
+) -> None:
+    """A project made from the template without Horovod (or parameter servers) has no launcher
+    (runtime) for it: the runner says so in one message, exit 2, before anything starts."""
+    monkeypatch.delitem(localjob.LAUNCHERS, "mpi", raising=False)
+    monkeypatch.setattr(localjob, "CLUSTER_RUNTIMES", {})
+    spec = distributed_spec(tmp_path, kind)
+    status, err = run(capsys, str(spec), "--outputs", str(tmp_path / "out"))
+    assert status == 2, err
+    assert err.startswith(f"error: {spec} asks for {asks}")
+    assert f"made from the template with {option}=no" in err
+    assert "training/jobs/multi_worker.yml" in err and f"{option}=yes" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_mpi_spec_is_refused_when_its_launcher_module_is_missing(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launcher is listed but its module is gone (a copy that lost the file): the same
+    refusal, not an ImportError."""
+    monkeypatch.setitem(localjob.LAUNCHERS, "mpi", "scripts.no_such_launcher:mpi_tasks")
+    spec = distributed_spec(tmp_path, "mpi")
+    status, err = run(capsys, str(spec), "--outputs", str(tmp_path / "out"))
+    assert status == 2, err
+    assert "asks for `distribution: type: mpi` (Horovod over MPI)" in err
+    assert "with horovod=no, or that support was removed" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()

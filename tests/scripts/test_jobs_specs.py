@@ -35,8 +35,12 @@ def test_there_is_a_spec_for_every_training_method() -> None:
     assert {p.stem for p in JOB_SPECS} >= {
         "single",
         "multi_worker",
+        # fork:begin parameter_server
         "parameter_server",
+        # fork:end parameter_server
+        # fork:begin horovod
         "horovod",
+        # fork:end horovod
         "sweep",
     }
 
@@ -88,9 +92,18 @@ def test_distributions_are_declared_in_the_specs() -> None:
     multi = step("multi_worker")
     assert (multi.distribution.type, multi.distribution.worker_count) == ("tensorflow", 2)
     assert multi.resources.instance_count == 2
+
+
+# fork:begin parameter_server
+def test_the_parameter_server_spec_declares_its_cluster() -> None:
     ps = step("parameter_server").distribution
     # worker 0 becomes the chief (Azure ML names no chief): chief + 2 workers + 1 ps
     assert (ps.type, ps.worker_count, ps.parameter_server_count) == ("tensorflow", 3, 1)
+
+
+# fork:end parameter_server
+# fork:begin horovod
+def test_the_horovod_spec_runs_mpi_in_the_horovod_environment() -> None:
     horovod = step("horovod")
     assert (horovod.distribution.type, horovod.distribution.process_count_per_instance) == (
         "mpi",
@@ -99,6 +112,7 @@ def test_distributions_are_declared_in_the_specs() -> None:
     assert horovod.environment.removeprefix("azureml:") == "tf-mnist-horovod@latest"
 
 
+# fork:end horovod
 def test_the_sweep_searches_the_articles_hyperparameters_with_early_termination() -> None:
     sweep = step("sweep")
     assert set(sweep.search_space) == {

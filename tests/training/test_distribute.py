@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from training.distribute import ClusterConfigError, parse_tf_config, promote_chief
+from training import distribute
+from training.distribute import ClusterConfigError, detect_runtime, parse_tf_config
 
 WORKERS = ["w0:1", "w1:2", "w2:3"]
 
@@ -31,29 +32,6 @@ def test_empty_ps_list_from_azure_ml_is_dropped():
 
 
 @pytest.mark.parametrize(
-    ("task", "expected"),
-    [
-        (("worker", 0), {"type": "chief", "index": 0}),
-        (("worker", 1), {"type": "worker", "index": 0}),
-        (("worker", 2), {"type": "worker", "index": 1}),
-        (("ps", 0), {"type": "ps", "index": 0}),
-    ],
-)
-def test_worker_zero_becomes_the_parameter_server_coordinator(task, expected):
-    config = promote_chief(parse_tf_config(azureml(*task, ps=["p0:9"])))
-    assert config["cluster"] == {"chief": ["w0:1"], "worker": ["w1:2", "w2:3"], "ps": ["p0:9"]}
-    assert config["task"] == expected
-
-
-def test_parameter_server_job_with_one_worker_asks_for_more():
-    raw = json.dumps(
-        {"cluster": {"worker": ["w0:1"], "ps": ["p:2"]}, "task": {"type": "worker", "index": 0}}
-    )
-    with pytest.raises(ClusterConfigError, match=r"at least 2 workers.*worker_count"):
-        promote_chief(parse_tf_config(raw))
-
-
-@pytest.mark.parametrize(
     "raw",
     [
         "not json",
@@ -64,6 +42,59 @@ def test_parameter_server_job_with_one_worker_asks_for_more():
 def test_invalid_tf_config_is_a_clear_error(raw):
     with pytest.raises(ClusterConfigError, match="TF_CONFIG"):
         parse_tf_config(raw)
+
+
+# The launchers that ask for an optional cluster runtime, as they set the environment.
+ASKING = {
+    "horovod": {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"},
+    "parameter_server": {"TF_CONFIG": azureml("worker", 0, ps=["p0:9"])},
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "asked", "instead"),
+    [
+        ("horovod", "This process was started by an MPI launcher", "without an MPI launcher"),
+        ("parameter_server", "TF_CONFIG names parameter servers", "drop parameter_server_count"),
+    ],
+)
+@pytest.mark.parametrize("absent", ["not listed", "module missing"])
+def test_a_cluster_runtime_this_project_lacks_is_refused_not_run_alone(
+    monkeypatch: pytest.MonkeyPatch, kind: str, asked: str, instead: str, absent: str
+) -> None:
+    """A project made without Horovod (or parameter servers) has no such runtime: a process
+    started for one stops with a message saying so, instead of training on its own."""
+    listed = {} if absent == "not listed" else {kind: "training.no_such_runtime"}
+    monkeypatch.setattr(distribute, "CLUSTER_RUNTIMES", listed)
+    with pytest.raises(ClusterConfigError) as refused:
+        detect_runtime(ASKING[kind])
+    message = str(refused.value)
+    assert message.startswith(asked), message
+    assert f"this project has no {kind} runtime" in message
+    assert f"made from the template with {kind}=no" in message
+    assert instead in message and "training/jobs/multi_worker.yml" in message
+
+
+def test_cli_refuses_a_launcher_for_a_runtime_it_lacks_without_traceback(
+    mnist_dir, run_python, tmp_path
+):
+    """The training script's answer to such a launcher: exit 2 and the one message."""
+    script = (
+        "import sys, training.runtime as r; r.CLUSTER_RUNTIMES.clear(); "
+        "from training.train import main; sys.exit(main())"
+    )
+    result = run_python(
+        "-c",
+        script,
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(tmp_path / "out"),
+        env={"TF_CONFIG": ASKING["parameter_server"]["TF_CONFIG"]},
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: TF_CONFIG names parameter servers" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_cli_rejects_bad_tf_config_without_traceback(mnist_dir, run_python):

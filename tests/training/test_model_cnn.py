@@ -110,6 +110,51 @@ def test_the_trainer_shapes_the_images_as_the_models_input():
 # ------------------------------------------------------------------ slow: the default CNN run
 
 
+# fork:begin horovod
+# Runs in the Horovod environment (tf.keras 2.13, no MLflow): the CNN as a Horovod job saves it.
+SAVE_WITH_TF_KERAS_2 = r"""
+import sys
+import numpy as np
+import keras
+from training.export import write_without_mlflow
+from training.model import build_model
+assert keras.__version__.startswith("2."), keras.__version__
+keras.utils.set_random_seed(0)
+model = build_model("cnn")
+x = np.random.default_rng(0).random((8, 28, 28, 1)).astype(np.float32)
+write_without_mlflow(model, __import__("pathlib").Path(sys.argv[1]), x)
+np.save(sys.argv[2], model(x, training=False).numpy())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # a cold build of the Horovod environment takes minutes
+def test_a_cnn_saved_by_tf_keras_2_loads_in_keras_3_with_its_weights(tmp_path):
+    """Horovod jobs save with tf.keras 2.13, serving loads with Keras 3: the weights file is
+    rewritten in Keras 3's layout, whose layer names (``conv2d``, ``max_pooling2d``) the
+    rewrite must spell as Keras 3 does, or the CNN loads without its weights."""
+    import keras
+
+    from training.environments.horovod import build_env
+
+    python = build_env.ensure(say=lambda message: print(message, flush=True))
+    folder, expected = tmp_path / "model", tmp_path / "expected.npy"
+    result = subprocess.run(
+        [str(python), "-c", SAVE_WITH_TF_KERAS_2, str(folder), str(expected)],
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert yaml.safe_load((folder / "MLmodel").read_text())["signature"]["inputs"] == CNN_IN
+    model = keras.saving.load_model(folder / "data" / "model.keras", compile=False)
+    x = np.random.default_rng(0).random((8, 28, 28, 1)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model(x)), np.load(expected), atol=1e-5)
+
+
+# fork:end horovod
 @pytest.fixture(scope="module")
 def cnn_run(mnist_dir, tmp_path_factory) -> Path:
     """The output folder of ``python -m training.train --model cnn`` with every default."""
@@ -157,46 +202,3 @@ def test_the_cnn_folder_has_the_image_signature_and_loads_with_mlflow_alone(
     metrics = json.loads((cnn_run / "metrics.json").read_text())
     for key in ("pyfunc_accuracy", "keras_accuracy"):
         assert round(scored[key], 4) == round(metrics["test_accuracy"], 4), (key, scored)
-
-
-# Runs in the Horovod environment (tf.keras 2.13, no MLflow): the CNN as a Horovod job saves it.
-SAVE_WITH_TF_KERAS_2 = r"""
-import sys
-import numpy as np
-import keras
-from training.export import write_without_mlflow
-from training.model import build_model
-assert keras.__version__.startswith("2."), keras.__version__
-keras.utils.set_random_seed(0)
-model = build_model("cnn")
-x = np.random.default_rng(0).random((8, 28, 28, 1)).astype(np.float32)
-write_without_mlflow(model, __import__("pathlib").Path(sys.argv[1]), x)
-np.save(sys.argv[2], model(x, training=False).numpy())
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(3600)  # a cold build of the Horovod environment takes minutes
-def test_a_cnn_saved_by_tf_keras_2_loads_in_keras_3_with_its_weights(tmp_path):
-    """Horovod jobs save with tf.keras 2.13, serving loads with Keras 3: the weights file is
-    rewritten in Keras 3's layout, whose layer names (``conv2d``, ``max_pooling2d``) the
-    rewrite must spell as Keras 3 does, or the CNN loads without its weights."""
-    import keras
-
-    from training.environments.horovod import build_env
-
-    python = build_env.ensure(say=lambda message: print(message, flush=True))
-    folder, expected = tmp_path / "model", tmp_path / "expected.npy"
-    result = subprocess.run(
-        [str(python), "-c", SAVE_WITH_TF_KERAS_2, str(folder), str(expected)],
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert yaml.safe_load((folder / "MLmodel").read_text())["signature"]["inputs"] == CNN_IN
-    model = keras.saving.load_model(folder / "data" / "model.keras", compile=False)
-    x = np.random.default_rng(0).random((8, 28, 28, 1)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(model(x)), np.load(expected), atol=1e-5)

@@ -376,7 +376,23 @@ def test_a_staging_folder_left_by_a_killed_run_is_cleared(tmp_path):
 
 # ------------------------------------------------------------------ models of every mode
 
-MODES = ["single", "multi_worker", "parameter_server", "horovod"]
+MODES = [
+    "single",
+    "multi_worker",
+    # fork:begin parameter_server
+    "parameter_server",
+    # fork:end parameter_server
+    # fork:begin horovod
+    "horovod",
+    # fork:end horovod
+]
+# The two writers: MLflow's (every mode but Horovod) and our own (the Horovod environment).
+WRITERS = [
+    "single",
+    # fork:begin horovod
+    "horovod",
+    # fork:end horovod
+]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -560,7 +576,7 @@ SERVED = 200
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("mode", ["single", "horovod"])  # the two writers
+@pytest.mark.parametrize("mode", WRITERS)
 def test_mlflow_models_serve_scores_test_images_in_its_tensor_formats(
     trained, mode, mnist_dir, mlflow_server
 ):
@@ -588,7 +604,7 @@ def test_mlflow_models_serve_scores_test_images_in_its_tensor_formats(
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("mode", ["single", "horovod"])
+@pytest.mark.parametrize("mode", WRITERS)
 def test_azure_no_code_scoring_takes_input_data_and_answers_a_bare_list(trained, mode, mnist_dir):
     model_dir = trained(mode) / "model"
     x, y = mnist_test_images(mnist_dir, SERVED)

@@ -76,11 +76,18 @@ def test_find_cycle_finds_a_circle_and_accepts_a_tree():
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_both_runtime_modules_build_on_the_base_and_not_on_each_other():
+def test_the_runtime_modules_build_on_the_base_and_not_on_each_other():
+    """The cluster runtimes are imported by name (``CLUSTER_RUNTIMES``), so a project made
+    without one loses a module and a line, and no import."""
     graph = import_graph()
     assert graph["runtime"] == set()
+    assert graph["distribute"] == {"runtime"}
+    # fork:begin parameter_server
+    assert graph["parameter_server_runtime"] == {"runtime"}
+    # fork:end parameter_server
+    # fork:begin horovod
     assert graph["horovod_runtime"] == {"runtime"}
-    assert graph["distribute"] == {"runtime", "horovod_runtime"}
+    # fork:end horovod
 
 
 def test_the_training_package_has_no_import_cycle():
@@ -107,16 +114,18 @@ def test_no_code_branches_on_the_runtime_kind():
     assert branches == []
 
 
-def test_flags_load_no_tensorflow_and_the_horovod_path_loads_no_mlflow():
+def test_flags_load_no_tensorflow_and_the_cluster_runtimes_load_no_mlflow():
     """Importing the training script and the base runtime loads no TensorFlow (a bad flag
-    costs a usage line, not a 5-second import); importing everything a Horovod rank imports
-    before training loads no MLflow (the Horovod environment has none)."""
+    costs a usage line, not a 5-second import); importing everything a rank imports before
+    training loads no MLflow (the Horovod environment has none)."""
     script = textwrap.dedent(
         """
-        import json, sys
+        import importlib, json, sys
         import training.train, training.runtime
         before = "tensorflow" in sys.modules
-        import training.distribute, training.horovod_runtime
+        import training.distribute
+        for module in training.runtime.CLUSTER_RUNTIMES.values():
+            importlib.import_module(module)
         print(json.dumps({
             "tensorflow_before": before,
             "tensorflow_after": "tensorflow" in sys.modules,
@@ -140,5 +149,5 @@ def test_flags_load_no_tensorflow_and_the_horovod_path_loads_no_mlflow():
 def test_the_graph_reads_function_level_imports():
     """A lazy ``from training import x`` inside a function is an edge too (the old circle
     went through one)."""
-    source = "def detect():\n    from training import horovod_runtime\n"
-    assert "training.horovod_runtime" in _imported_modules(ast.parse(source))
+    source = "def detect():\n    from training import checkpoints\n"
+    assert "training.checkpoints" in _imported_modules(ast.parse(source))

@@ -94,8 +94,7 @@ def test_the_step_is_compiled_only_where_the_model_asks_and_the_runtime_allows()
     import tensorflow as tf
 
     from training.config import parse_args
-    from training.distribute import MultiWorkerRuntime, ParameterServerRuntime
-    from training.horovod_runtime import HorovodRuntime
+    from training.distribute import MultiWorkerRuntime
     from training.model import MODELS
     from training.train import Trainer
 
@@ -103,15 +102,21 @@ def test_the_step_is_compiled_only_where_the_model_asks_and_the_runtime_allows()
     strategy = tf.distribute.get_strategy()
     assert _single().compiles_step is True
     assert MultiWorkerRuntime("multi_worker", strategy, num_replicas=2).compiles_step is False
+    cases = [("dnn", _single(), True), ("cnn", _single(), False)]
+    # fork:begin parameter_server
+    from training.parameter_server_runtime import ParameterServerRuntime
+
     assert ParameterServerRuntime("parameter_server", strategy).compiles_step is False
+    # fork:end parameter_server
+    # fork:begin horovod
+    from training.horovod_runtime import HorovodRuntime
+
     assert HorovodRuntime("horovod", strategy).compiles_step is False
+    cases.append(("dnn", HorovodRuntime("horovod", strategy), False))
+    # fork:end horovod
 
     data = _data(256)
-    for model, runtime, compiled in (
-        ("dnn", _single(), True),
-        ("cnn", _single(), False),
-        ("dnn", HorovodRuntime("horovod", strategy), False),
-    ):
+    for model, runtime, compiled in cases:
         trainer = Trainer(parse_args(["--model", model, "--no-tracking"]), runtime, data)
         assert trainer.jit is compiled, (model, runtime.kind)
 

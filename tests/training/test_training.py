@@ -197,14 +197,7 @@ def _run_cluster(tmp_path: Path, workers: int, ps: int, epochs: int) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_two_worker_multi_worker_run_trains_above_97_percent(mnist_dir, tmp_path):
-    metrics = _run_cluster(tmp_path, workers=2, ps=0, epochs=4)
-    assert metrics["distribution"] == "multi_worker"
-    assert metrics["replicas"] == 2 and metrics["global_batch_size"] == 512
-    assert metrics["test_accuracy"] > 0.97
-    assert not list(tmp_path.glob("ckpt-worker*")), "non-chief checkpoint scratch left behind"
-
-
+# fork:begin parameter_server
 def test_parameter_server_run_with_chief_two_workers_one_ps_trains_above_97_percent(
     mnist_dir, tmp_path
 ):
@@ -212,3 +205,12 @@ def test_parameter_server_run_with_chief_two_workers_one_ps_trains_above_97_perc
     metrics = _run_cluster(tmp_path, workers=3, ps=1, epochs=4)
     assert metrics["distribution"] == "parameter_server" and metrics["workers"] == 2
     assert metrics["test_accuracy"] > 0.97
+
+
+# fork:end parameter_server
+def test_two_worker_multi_worker_run_trains_above_97_percent(mnist_dir, tmp_path):
+    metrics = _run_cluster(tmp_path, workers=2, ps=0, epochs=4)
+    assert metrics["distribution"] == "multi_worker"
+    assert metrics["replicas"] == 2 and metrics["global_batch_size"] == 512
+    assert metrics["test_accuracy"] > 0.97
+    assert not list(tmp_path.glob("ckpt-worker*")), "non-chief checkpoint scratch left behind"

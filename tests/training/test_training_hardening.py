@@ -277,6 +277,7 @@ def tiny_mnist(count: int = 400) -> Mnist:
     return Mnist(images, labels, images[:50], labels[:50], Path())
 
 
+# fork:begin horovod
 class OneProcessHorovod:
     """``horovod.tensorflow`` as seen by a rank whose collectives return its own values: the
     main environment has no Horovod (real ranks run in tests/training/test_horovod.py)."""
@@ -294,21 +295,34 @@ class OneProcessHorovod:
         return tape
 
 
+# fork:end horovod
 def worker_one_of_two(kind: str):
     """Worker 1 of a two-worker cluster of ``kind`` (not the chief), in this one process."""
     import tensorflow as tf
 
     from training.distribute import MultiWorkerRuntime
-    from training.horovod_runtime import HorovodRuntime
 
     where = {"is_chief": False, "worker_index": 1, "num_workers": 2}
     strategy = tf.distribute.get_strategy()
+    # fork:begin horovod
     if kind == "horovod":
+        from training.horovod_runtime import HorovodRuntime
+
         return HorovodRuntime(kind, strategy, **where, hvd=OneProcessHorovod())
+    # fork:end horovod
     return MultiWorkerRuntime(kind, strategy, **where)
 
 
-@pytest.mark.parametrize("kind", ["multi_worker", "horovod"])
+# The kinds of cluster whose non-chief workers are checked (those this project has).
+KINDS = [
+    "multi_worker",
+    # fork:begin horovod
+    "horovod",
+    # fork:end horovod
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_worker_that_is_not_the_chief_writes_nothing_into_the_output_dir(
     kind, tmp_path, monkeypatch
 ):
@@ -344,7 +358,9 @@ def test_a_worker_that_is_not_the_chief_writes_nothing_into_the_output_dir(
     ("kind", "saved"),
     [
         ("multi_worker", ["checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]),
+        # fork:begin horovod
         ("horovod", []),
+        # fork:end horovod
     ],
 )
 def test_a_non_chief_saves_checkpoints_only_where_saving_is_collective(
