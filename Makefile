@@ -13,8 +13,7 @@ export MNIST_DATA_DIR ?= $(if $(wildcard $(SHARED_MNIST)/*.gz),$(SHARED_MNIST),)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo train test test-fast lint format bench test-infra preflight \
-	horovod-env train-horovod serve test-training test-serving bench-serving test-scripts \
-	lint-workflows
+	serve test-training test-serving bench-serving test-scripts
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -34,7 +33,10 @@ demo: $(STAMP) ## The main job end to end: train on MNIST, register in local MLf
 train: $(STAMP) ## Train once with the default hyperparameters into ./outputs
 	$(PY) -m training.train
 
-test: $(STAMP) lint-workflows ## Run the whole test suite (lint included)
+# fork:begin github_actions
+test: lint-workflows
+# fork:end github_actions
+test: $(STAMP) ## Run the whole test suite (lint included)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
@@ -61,6 +63,8 @@ test-serving: $(STAMP) ## Run the tests of serving/ (the uploaded scoring code u
 test-scripts: $(STAMP) ## Run the tests of scripts/ (job specs run locally, deploy/batch/preflight offline)
 	$(PY) -m pytest tests/scripts
 
+# fork:begin horovod
+.PHONY: horovod-env train-horovod
 horovod-env: ## Build (or reuse) the pinned Horovod virtualenv: TF 2.13 + horovod 0.28.1, Gloo
 	$(PYTHON) training/environments/horovod/build_env.py
 
@@ -68,10 +72,12 @@ train-horovod: ## Train with Horovod on NP local processes (default 2) over Gloo
 	@HVD_PY="$$($(PYTHON) training/environments/horovod/build_env.py --print-python)" && \
 	"$$(dirname "$$HVD_PY")/horovodrun" --gloo -np $(or $(NP),2) -H 127.0.0.1:$(or $(NP),2) \
 		"$$HVD_PY" -m training.train
+# fork:end horovod
 
 lint: $(STAMP) ## Lint and check formatting with ruff
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
+# fork:begin github_actions
 # zizmor: GitHub Actions security audit (offline, no API calls; pedantic: code smells too).
 # check-jsonschema: the SchemaStore workflow schema inside the package. Both always run; the
 # target fails when either finds anything.
@@ -82,6 +88,8 @@ lint-workflows: $(STAMP) ## Lint the GitHub workflows: zizmor --offline and the 
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows $(WORKFLOWS)/*.yml \
 		|| status=1; \
 	exit $$status
+.PHONY: lint-workflows
+# fork:end github_actions
 
 format: $(STAMP) ## Fix lint and format with ruff
 	$(PY) -m ruff check --fix . && $(PY) -m ruff format .

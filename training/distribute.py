@@ -1,7 +1,7 @@
 """Choose how to distribute training from the environment the launcher set.
 
 No flag selects the mode: the same command runs everywhere and this module reads what the
-launcher (a laptop shell, Azure ML, ``python -m scripts run``, ``horovodrun``) put in the
+launcher (a laptop shell, Azure ML, ``python -m scripts run``, an MPI launcher) put in the
 environment:
 
 - Horovod/MPI variables (``HOROVOD_RANK``, ``OMPI_COMM_WORLD_SIZE``, ``PMI_SIZE``) ->

@@ -21,8 +21,8 @@ The folder (``OUTPUT_DIR/model``) is the contract between training and serving. 
   and the folder has no ONNX file (serving then falls back to TensorFlow). Never a failed run.
 
 Two writers produce the same layout. Where MLflow is installed, ``mlflow.tensorflow.save_model``
-writes it. The Horovod environment (TensorFlow 2.13 with tf.keras 2, no MLflow: see
-``training/environments/horovod/requirements.txt``) writes the same files itself; its Keras file
+writes it. The Horovod environment (TensorFlow 2.13 with tf.keras 2, no MLflow: see its
+``requirements.txt``) writes the same files itself; its Keras file
 gets Keras 3's weight layout (``training/keras_compat.py``), so that folder is loaded by the
 Keras 3 serving stack (``KERAS3_REQUIREMENTS``), the same way as every other model.
 

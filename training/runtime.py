@@ -31,6 +31,7 @@ Step = Callable[[Any, Any], tuple[Any, Any]]
 # launcher asks for that kind. A project made from the template without one (cookiecutter's
 # answer "no") has neither the module nor its line here, and refuses such a launcher.
 CLUSTER_RUNTIMES: dict[str, str] = {
+    # kind (metrics.json's "distribution") -> module
     # fork:begin parameter_server
     "parameter_server": "training.parameter_server_runtime",
     # fork:end parameter_server

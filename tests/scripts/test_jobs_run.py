@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ from scripts import UserError
 from scripts.jobspec import JOBS_DIR, load_spec, parse_sets
 from scripts.localjob import local_plan, run_plan
 from tests.local_jobs import scripts_run
-from training.distribute import parse_tf_config
 
 
 @pytest.mark.slow
@@ -114,6 +112,9 @@ def environments_of_a_run(tmp_path: Path, spec: str) -> tuple[list[dict[str, str
 
 # fork:begin parameter_server
 def test_each_parameter_server_process_gets_its_own_task_as_on_azure_ml(tmp_path: Path) -> None:
+    import re
+
+    from training.distribute import parse_tf_config
     from training.parameter_server_runtime import promote_chief
 
     environments, log = environments_of_a_run(tmp_path, "parameter_server.yml")

@@ -194,8 +194,10 @@ def test_models_are_registered_under_the_name_serving_deploys() -> None:
     assert registered_model_name() == "tf-mnist"
     for spec in ("serving/mlflow-deployment.yml", "serving/batch/deployment.yml"):
         assert raw(REPO_ROOT / spec)["model"] == "azureml:tf-mnist@latest", spec
+    # fork:begin github_actions
     workflow = raw(REPO_ROOT / ".github" / "workflows" / "deploy.yml")
     assert workflow["env"]["MODEL_NAME"] == "tf-mnist"
+    # fork:end github_actions
 
 
 def test_the_model_name_follows_the_deployment_spec(tmp_path: Path) -> None:
