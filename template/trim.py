@@ -141,7 +141,7 @@ def _blocks(root: Path, path: str, features: Mapping[str, object]) -> list[tuple
             open_feature, start = feature, index
         else:
             if open_feature != feature:
-                opened = "no block is open" if open_feature is None else f"{open_feature!r} is"
+                opened = "no block is" if open_feature is None else f"{open_feature!r} is"
                 raise TrimError(f"{where}: 'fork:end {feature}' but {opened} open")
             found.append((feature, start, index))
             open_feature = None
