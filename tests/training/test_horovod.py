@@ -306,7 +306,8 @@ def test_local_mpi_launcher_starts_every_rank_with_the_horovod_python(horovod_py
     job's command, where `python` is the Horovod environment's interpreter."""
     import io
 
-    from scripts.launch import horovod_tasks, run_tasks
+    from scripts.horovod_launch import horovod_tasks
+    from scripts.launch import run_tasks
 
     script = "import os, sys; print(os.environ['HOROVOD_RANK'], sys.prefix)"
     command = ["bash", "-c", f'python -c "{script}"']
