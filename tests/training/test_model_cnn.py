@@ -75,8 +75,8 @@ def test_each_model_gets_its_own_defaults():
     from training.config import parse_args
 
     dnn, cnn = parse_args([]), parse_args(["--model", "cnn"])
-    assert (dnn.model, dnn.epochs, dnn.learning_rate) == ("dnn", 6, 3e-3)
-    assert (dnn.first_layer_neurons, dnn.second_layer_neurons, dnn.dropout) == (300, 100, 0.2)
+    assert (dnn.model, dnn.epochs, dnn.learning_rate) == ("dnn", 3, 5e-3)
+    assert (dnn.first_layer_neurons, dnn.second_layer_neurons, dnn.dropout) == (300, 100, 0.0)
     assert (cnn.model, cnn.epochs, cnn.learning_rate) == ("cnn", 4, 3e-3)
     assert (cnn.first_layer_neurons, cnn.second_layer_neurons, cnn.dropout) == (None, None, 0.25)
     assert cnn.model_options() == {"dropout": 0.25}

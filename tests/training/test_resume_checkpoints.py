@@ -44,11 +44,11 @@ def copy_of_finished(finished, tmp_path) -> Path:
         (["--first-layer-neurons", "200"], "first_layer_neurons 300 -> 200"),
         (["--second-layer-neurons", "50"], "second_layer_neurons 100 -> 50"),
         (["--model", "cnn"], "model dnn -> cnn"),  # another architecture's weights
-        (["--dropout", "0.5"], "dropout 0.2 -> 0.5"),
+        (["--dropout", "0.5"], "dropout 0.0 -> 0.5"),
         (["--epochs", "1"], "epochs 2 -> 1"),  # fewer: would claim a 1-epoch model
         (["--epochs", "3"], "epochs 2 -> 3"),  # more: another cosine schedule
         (["--batch-size", "512"], "batch_size 1024 -> 512"),
-        (["--learning-rate", "0.001"], "learning_rate 0.003 -> 0.001"),
+        (["--learning-rate", "0.001"], "learning_rate 0.005 -> 0.001"),
         (["--seed", "7"], "seed 0 -> 7"),
     ],
 )

@@ -153,7 +153,7 @@ def test_warming_up_compiles_the_step_and_changes_no_state():
     from training.train import Trainer
 
     data = _data(8 * 128)
-    args = parse_args(["--batch-size", "128", "--no-tracking"])
+    args = parse_args(["--batch-size", "128", "--dropout", "0.2", "--no-tracking"])
     warm, cold = (_seeded(Trainer, args, _single(), data) for _ in range(2))
     warm.warm_up()
     assert int(warm.optimizer.iterations.numpy()) == 0
