@@ -9,8 +9,9 @@ from tests.infra.infra_harness import Deployment, deploy
 
 @pytest.fixture(scope="module")
 def standard() -> Deployment:
-    """The default stack: nothing configured but the location."""
-    return deploy({"location": "westeurope"})
+    """The template's default stack: the standard profile on dedicated nodes (stated, so that a
+    fork baked with other defaults still tests this profile)."""
+    return deploy({"location": "westeurope", "profile": "standard", "gpuPriority": "Dedicated"})
 
 
 @pytest.fixture(scope="module")

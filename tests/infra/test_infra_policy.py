@@ -171,7 +171,7 @@ def test_default_gpu_size_is_the_cheapest_current_one(standard: Deployment) -> N
 
 
 def test_low_priority_option_reaches_the_cluster() -> None:
-    deployment = deploy({"gpuPriority": "LowPriority", "cpuCluster": False})
+    deployment = deploy({"gpuPriority": "LowPriority", "cpuCluster": False, "profile": "standard"})
     (gpu,) = deployment.of_type(COMPUTE)
     assert gpu.inputs["properties"]["properties"]["vmPriority"] == "LowPriority"
     assert deployment.outputs["cpuClusterName"] is None

@@ -375,7 +375,7 @@ def test_vm_size_change_replaces_the_cluster_deliberately() -> None:
     """Azure ML cannot resize a cluster in place: the engine is told to replace it (deleting
     the old one first, since the new one has the same name), and the replace-on-change paths
     really point at the configured size and priority."""
-    small = _gpu(deploy({"gpuVmSize": "Standard_NC4as_T4_v3"}))
+    small = _gpu(deploy({"gpuVmSize": "Standard_NC4as_T4_v3", "gpuPriority": "Dedicated"}))
     large = _gpu(deploy({"gpuVmSize": "Standard_NC24ads_A100_v4", "gpuPriority": "LowPriority"}))
     size_path, priority_path = "properties.properties.vmSize", "properties.properties.vmPriority"
     for cluster in (small, large):

@@ -63,11 +63,20 @@ def _arm(routes: dict[str, tuple[int, Any]]) -> FakeWorkspace:
     return fake
 
 
+BASELINE = {
+    "profile": "standard",
+    "gpuPriority": "Dedicated",
+    "gpuVmSize": "Standard_NC4as_T4_v3",
+    "gpuMaxNodes": 2,
+}
+
+
 def _run(config: dict[str, Any], routes: dict[str, tuple[int, Any]]):
     fake = _arm(routes)
     credential = StaticCredential()
     client = make_client(credential, SUBSCRIPTION, transport=fake.transport())
-    checks = run_preflight(validate_config(config), client, SUBSCRIPTION)
+    # The template's defaults, stated: a fork baked with other defaults runs the same checks.
+    checks = run_preflight(validate_config({**BASELINE, **config}), client, SUBSCRIPTION)
     return checks, fake, credential
 
 
