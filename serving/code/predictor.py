@@ -18,9 +18,11 @@ load against the probe that Keras answered at export (:class:`OnnxModel`). A fol
 one (a Horovod run, say) is served by TensorFlow, said in the log: the Keras model is called
 through concrete functions traced once, for a ``[None, *input shape]`` float32 input and
 (XLA-compiled) for a single image, with no Keras ``predict`` machinery per call. JSON is
-read and written with orjson when it is installed. A well-formed request is checked with a few
-vectorised numpy operations; the slow, element-by-element walk only runs to explain what is
-wrong with a bad request.
+read and written with orjson when it is installed; a batch of flat images, the commonest
+request, is read by simdjson straight into doubles when that is installed (a third of orjson's
+time for one image, a quarter for 256). A well-formed request is checked with a few vectorised
+numpy operations; the slow, element-by-element walk only runs to explain what is wrong with a
+bad request.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import math
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -42,6 +45,10 @@ try:  # optional: the standard library reads and writes the same JSON, several t
     import orjson
 except ImportError:
     orjson = None
+try:  # optional: reads a batch of flat images straight into doubles (see _flat_batch)
+    import simdjson
+except ImportError:
+    simdjson = None
 
 MODEL_FILE = Path("data") / "model.keras"  # inside the model folder, per the training contract
 SIGNATURE_FILE = "MLmodel"  # beside data/: its signature publishes the model's shapes
@@ -467,6 +474,9 @@ def parse_request(
 
     Raises :class:`BadRequest` with a message that says what is wrong and how to fix it.
     """
+    images = _flat_batch(body, form, max_batch)
+    if images is not None:
+        return images
     payload = _decode(body)
     if not isinstance(payload, dict):
         raise BadRequest(
@@ -511,6 +521,48 @@ def parse_request(
     return as_batch(data, form)
 
 
+_parsers = threading.local()  # one simdjson parser per worker thread: a parser is not shared
+
+
+def _flat_batch(body: bytes, form: ImageFormat, max_batch: int) -> np.ndarray | None:
+    """The commonest request, read without a Python number per pixel: ``{"data": [image, ...]}``
+    of 1 to ``max_batch`` flat images, ``form.pixels`` numbers each, all in [0, 1]. simdjson
+    copies the numbers straight into doubles, then the images are float32
+    ``(n, *form.input_shape)``, as :func:`parse_request`'s other paths give them.
+
+    None for anything else, and whenever simdjson is not installed: :func:`parse_request` then
+    reads the body the careful way, which also explains what is wrong. Exactly this form, no
+    near miss: the body holds numbers and brackets only (:func:`_numbers_only`: one quoted
+    string, the key; no true, false or null), so its ``[`` are all arrays; there are the batch's
+    and one per image, and each of the ``n`` items of ``data`` is an array of ``form.pixels``
+    items, so no image holds another array, only numbers.
+    """
+    if simdjson is None or not _numbers_only(body):
+        return None
+    parser = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = _parsers.parser = simdjson.Parser()
+    document = data = None
+    try:
+        document = parser.parse(body)
+        data = document["data"]
+        count = len(data)
+        if not 0 < count <= max_batch or body.count(b"[") != count + 1:
+            return None
+        for index in range(count):
+            if len(data[index]) != form.pixels:  # TypeError for a number in place of an image
+                return None
+        bits = np.frombuffer(data.as_buffer(of_type="d"), np.uint64)  # the doubles' bits
+    except (ValueError, TypeError, KeyError, RuntimeError):  # not JSON, or not this form
+        _parsers.parser = None  # a fresh parser next time, whatever state this one is in
+        return None
+    finally:
+        del document, data  # a parser parses again only once nothing refers to its last document
+    if bits.max() > _ONE_BITS:  # one pass: see _ONE_BITS
+        return None
+    return bits.view(np.float64).astype(np.float32).reshape(count, *form.input_shape)
+
+
 def _numbers_only(body: bytes) -> bool:
     """True when a body whose one key is "data" can hold nothing but numbers and lists there:
     no quote beyond the key's two, and none of the letters of true, false and null (each
@@ -541,9 +593,17 @@ def _plain_batch(data: list[Any], form: ImageFormat) -> np.ndarray | None:
     except (struct.error, TypeError, OverflowError):  # a list in place of a pixel, a huge int
         return None
     flat = np.frombuffer(packed, np.float64)  # float64 first: the range check is exact
-    if not (flat.min() >= 0 and flat.max() <= 1):  # NaN fails both comparisons
+    if flat.view(np.uint64).max() > _ONE_BITS:  # one pass: see _ONE_BITS
         return None
     return flat.astype(np.float32).reshape(len(data), *form.input_shape)
+
+
+# The bits of the double 1.0. Read as unsigned integers, the doubles in [0, 1] (+0.0 to 1.0)
+# are exactly the bit patterns from 0 to this one, in order; everything else lies above it:
+# negative numbers and -0.0 (sign bit set), numbers over 1, infinities and NaN. So a single
+# max() checks the range where min() and max() took two passes. (-0.0, a valid pixel, takes
+# the careful path, which accepts it.)
+_ONE_BITS = 0x3FF0_0000_0000_0000
 
 
 @lru_cache(maxsize=4)

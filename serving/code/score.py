@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from azureml_inference_server_http.api.aml_request import AMLRequest, rawhttp
 from azureml_inference_server_http.api.aml_response import AMLResponse
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import get_content_length
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,6 +60,7 @@ from predictor import (
 )
 from request_log import DataCollection, RequestLog
 
+JSON_TYPE = "application/json"
 MAX_BATCH_ENV = "SCORING_MAX_BATCH"
 TIMEOUT_ENV = "SCORING_TIMEOUT_MS"  # azmlinfsrv's own setting (default one hour)
 DEFAULT_TIMEOUT_MS = 3_600_000
@@ -66,7 +68,6 @@ _classifier: DigitClassifier | None = None
 _max_body = 0  # JSON
 _max_npy_body = 0
 _read_seconds = 0.0
-_JSON = {"Content-Type": "application/json"}
 _DISCARD_LIMIT = 100 << 20  # what the endpoint's front end accepts (client_max_body_size 100m)
 _PIECE = 1 << 16
 _request_log = RequestLog()  # one JSON line per request on stdout, never the pixels
@@ -126,6 +127,21 @@ def init() -> None:
 
 def _error(exc: BadRequest, headers: dict[str, str] | None = None) -> AMLResponse:
     return AMLResponse(exc.to_body(), exc.status, headers or {}, json_str=True)
+
+
+class _JsonResponse(AMLResponse):
+    """A response whose body is JSON already: what ``AMLResponse(body, status, {"Content-Type":
+    "application/json"})`` answers (the same status, body and headers), built directly.
+
+    ``AMLResponse.__init__`` sets a text/html Content-Type, removes it again and parses the
+    headers it was given; on a single image that was a tenth of the time ``run()`` spends
+    beyond an empty scorer's. This sets the Content-Type once, and the one header of its own
+    that AMLResponse adds (the server sets it to True when a run fails).
+    """
+
+    def __init__(self, body: bytes, status: int = 200) -> None:
+        super(AMLResponse, self).__init__(body, status=status, mimetype="application/json")
+        self.headers["x-ms-run-function-failed"] = False
 
 
 # --------------------------------------------------------------------------- the request body
@@ -268,9 +284,10 @@ def _read_body(request: AMLRequest, max_body: int) -> bytes:
     ``Content-Length``) is held to it too. Beyond the limit, up to ``_DISCARD_LIMIT`` more bytes
     are read and dropped so that the client sees the 413 rather than a reset connection.
     """
-    declared = request.content_length
+    environ = request.environ
+    declared = get_content_length(environ)  # request.content_length, without its lookups
     limit = 0 if declared is not None and declared > max_body else max_body
-    sock = request.environ.get("gunicorn.socket")
+    sock = environ.get("gunicorn.socket")
     deadline = time.monotonic() + _read_seconds
     token = _watchdog.watch(sock, deadline) if sock is not None else None
     pieces: list[bytes] = []
@@ -342,14 +359,15 @@ def _respond(request: AMLRequest) -> tuple[AMLResponse, int | None]:
     except BadRequest as exc:
         return _error(exc), None
     _collection.collect(images, prediction.probabilities)
-    return AMLResponse(prediction.to_json(), 200, _JSON), len(images)
+    return _JsonResponse(prediction.to_json()), len(images)
 
 
 def _parse(request: AMLRequest) -> np.ndarray:
     """The images of the request, by its Content-Type: a .npy array for application/x-npy,
     JSON for anything else (a missing or other Content-Type was always read as JSON)."""
     contract = _classifier.contract
-    if request.mimetype == NPY_TYPE:
+    # The Content-Type as sent, compared first: parsing it (request.mimetype) is for the rest.
+    if request.environ.get("CONTENT_TYPE") != JSON_TYPE and request.mimetype == NPY_TYPE:
         body = _read_body(request, _max_npy_body)
         return parse_npy(body, contract, max_batch=_classifier.max_batch)
     body = _read_body(request, _max_body)

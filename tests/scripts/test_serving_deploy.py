@@ -120,7 +120,7 @@ def test_blue_to_green_shifts_traffic_in_steps_after_a_smoke_test(fake, ml_clien
     fake.seed_endpoint("mnist-digits", {"blue": 100}, ["blue"])
     environment = rollout.specs.load_serving_environment()
     conda = rollout.specs.ENVIRONMENT_SPEC.with_name("conda.yml").read_text()
-    fake.seed_environment("tf-mnist-serving", "4", environment.image, conda)
+    fake.seed_environment("tf-mnist-serving", "5", environment.image, conda)
     messages: list[str] = []
     report = deploy(ml_client, messages, model="azureml:tf-mnist:2")
 
@@ -146,7 +146,7 @@ def test_a_changed_environment_needs_a_new_version(fake, ml_client):
     conda = rollout.specs.ENVIRONMENT_SPEC.with_name("conda.yml").read_text()
     old = conda.replace("tensorflow-cpu==2.21.0", "tensorflow-cpu==2.20.0")
     image = rollout.specs.load_serving_environment().image
-    fake.seed_environment("tf-mnist-serving", "4", image, old)
+    fake.seed_environment("tf-mnist-serving", "5", image, old)
     with pytest.raises(rollout.RolloutError, match="differs from serving/environment/environment"):
         deploy(ml_client)
     assert not [c for c in fake.requests if c.method not in ("GET", "HEAD")]

@@ -187,3 +187,41 @@ def test_images_of_any_model_shape_are_collected_one_column_per_pixel():
     assert list(inputs.columns) == [f"pixel_{i}" for i in range(784)]
     assert inputs["pixel_783"].tolist() == [0.0, 1.0]
     assert collected["model_outputs"][0]["digit"].tolist() == [0, 0]
+
+
+def test_generated_request_ids_are_random_version_4_uuids():
+    import uuid
+
+    ids = {request_log.new_request_id() for _ in range(200)}
+    assert len(ids) == 200
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == text  # lower-case hex, dashes at 8-4-4-4-12
+
+
+def test_the_request_id_is_read_from_a_werkzeug_requests_environ():
+    """score.py hands over werkzeug's headers: the same ids as from a plain mapping."""
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request
+
+    def headers(**sent: str):
+        names = {key.replace("_", "-"): value for key, value in sent.items()}
+        return Request(EnvironBuilder(method="POST", headers=names).get_environ()).headers
+
+    assert request_log.request_id(headers(x_request_id="abc")) == "abc"
+    both = headers(x_request_id="client-id", x_ms_request_id="azure-id")
+    assert request_log.request_id(both) == "azure-id"
+    assert request_log.request_id(headers(x_ms_request_id="\x07", x_request_id="b")) == "b"
+    assert len(request_log.request_id(headers(x_request_id="y" * 500))) == 100
+    assert len(request_log.request_id(headers())) == 36
+
+
+def test_the_log_line_is_ascii_json_whatever_the_request_id():
+    """Non-ASCII ids are escaped as json.dumps escapes them (orjson alone would not)."""
+    lines: list[str] = []
+    RequestLog(lines.append).record({"x-request-id": "caf\u00e9\u2014"}, 200, 1, 0.0)
+    assert lines[0].isascii() and "caf\\u00e9\\u2014" in lines[0]
+    assert json.loads(lines[0])["request_id"] == "caf\u00e9\u2014"
+    entry = {"event": "score", "request_id": "r", "status": 200, "images": None, "latency_ms": 1.5}
+    assert request_log._json_line(entry) == json.dumps(entry, separators=(",", ":"))

@@ -302,3 +302,91 @@ def test_requests_are_read_and_answered_the_same_without_orjson(monkeypatch):
     assert json.loads(result.to_json()) == result.to_body()
     with pytest.raises(BadRequest, match="is nan"):
         parse_request(body.replace(b"1]", b"NaN]"), FLAT)
+
+
+# --------------------------------------------------------------------------- the fast reader
+
+_P = "0.5, " * 783  # 783 pixels and a comma: an image is this and one more value
+_783 = ", ".join(["0.5"] * 783)
+NEAR_MISSES = {
+    # Per image 784 items, 1,568 numbers in all, but one image holds [] and the other a pair.
+    "nested arrays": f'{{"data": [[{_P}[]], [{_P}[0.5, 0.5]]]}}',
+    # Three brackets for two images, 1,568 numbers: the first "image" holds an image and 783
+    # more (784 items), the second is a number.
+    "number as image": f'{{"data": [[[{_P}0.5], {_783}], 0.5]}}',
+    "rows form": '{"data": [' + "[" + ", ".join(["[" + "0.5, " * 27 + "1]"] * 28) + "]" + "]}",
+    "unbatched": f'{{"data": [{_P}0.5]}}',
+    "short image": f'{{"data": [[{_P}0.5], [{_783}]]}}',
+    "other key": f'{{"inputs": [[{_P}0.5]]}}',
+    "over the batch limit": f'{{"data": [[{_P}0.5], [{_P}0.5], [{_P}0.5]]}}',
+    "over 1": f'{{"data": [[{_P}1.0000000000000002]]}}',
+    "tiny negative": f'{{"data": [[{_P}-5e-324]]}}',
+    "NaN": f'{{"data": [[{_P}NaN]]}}',
+    "overflow": f'{{"data": [[{_P}1e400]]}}',
+    "huge integer": f'{{"data": [[{_P}{10**30}]]}}',
+    "negative zero": f'{{"data": [[{_P}-0.0]]}}',  # a valid pixel, read the careful way
+    "boolean": f'{{"data": [[{_P}true]]}}',
+    "trailing garbage": f'{{"data": [[{_P}0.5]]}} x',
+}
+
+
+def _careful(body: bytes, monkeypatch: pytest.MonkeyPatch) -> np.ndarray | BadRequest:
+    """What parse_request makes of ``body`` without simdjson: the images or the error."""
+    from serving.code import predictor
+
+    with monkeypatch.context() as patch:
+        patch.setattr(predictor, "simdjson", None)
+        try:
+            return parse_request(body, FLAT, max_batch=2)
+        except BadRequest as exc:
+            return exc
+
+
+@pytest.mark.parametrize("name", list(NEAR_MISSES))
+def test_what_is_not_a_plain_batch_of_flat_images_is_read_the_careful_way(name, monkeypatch):
+    """The fast reader takes none of these near misses; each gets the careful path's answer."""
+    pytest.importorskip("simdjson")
+    from serving.code import predictor
+
+    body = NEAR_MISSES[name].encode()
+    assert predictor._flat_batch(body, FLAT, 2) is None
+    careful = _careful(body, monkeypatch)
+    try:
+        got = parse_request(body, FLAT, max_batch=2)
+    except BadRequest as exc:
+        assert isinstance(careful, BadRequest), f"{name}: refused only by the fast reader"
+        assert (exc.status, exc.code) == (careful.status, careful.code)
+        assert exc.message == careful.message
+    else:
+        assert not isinstance(careful, BadRequest), f"{name}: accepted only by the fast reader"
+        np.testing.assert_array_equal(got, careful)
+
+
+def test_the_fast_reader_gives_the_careful_readers_images(monkeypatch):
+    pytest.importorskip("simdjson")
+    from serving.code import predictor
+
+    pixels = np.random.default_rng(7).random((2, 784))
+    pixels[0, :3] = [0.0, 1.0, 5e-324]  # the range's edges, and the smallest double above 0
+    pixels[1, :2] = [0, 1]  # integers
+    body = json.dumps({"data": [pixels[0].tolist(), [0, 1, *pixels[1, 2:].tolist()]]}).encode()
+    fast = predictor._flat_batch(body, FLAT, 2)
+    assert fast is not None and fast.dtype == np.float32 and fast.shape == (2, 784)
+    np.testing.assert_array_equal(fast, _careful(body, monkeypatch))
+    np.testing.assert_array_equal(fast, pixels.astype(np.float32))
+    cnn = ImageFormat((28, 28, 1))
+    assert predictor._flat_batch(body, cnn, 2).shape == (2, 28, 28, 1)
+
+
+@pytest.mark.parametrize("simdjson", [True, False], ids=["simdjson", "no-simdjson"])
+def test_the_range_check_is_exact_at_its_edges(simdjson, monkeypatch):
+    from serving.code import predictor
+
+    if not simdjson:
+        monkeypatch.setattr(predictor, "simdjson", None)
+    for pixel in ("0", "-0.0", "5e-324", "0.9999999999999999", "1", "1.0"):
+        image = parse_request(f'{{"data": [[{_P}{pixel}]]}}'.encode(), FLAT)
+        assert image[0, -1] == float(pixel), pixel
+    for pixel in ("-5e-324", "-1", "1.0000000000000002", "1e308", "Infinity", "-Infinity", "NaN"):
+        with pytest.raises(BadRequest, match="Pixel 783 of image 0 is"):
+            parse_request(f'{{"data": [[{_P}{pixel}]]}}'.encode(), FLAT)
