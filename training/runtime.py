@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -53,7 +53,8 @@ def server_threads(cluster: dict[str, list[str]]) -> int:
 @dataclass(frozen=True, eq=False)
 class Examples:
     """The training examples and how to batch them: ``batches(x, y, batch_size, epoch=...,
-    input_context=...)`` is a ``tf.data.Dataset`` of one epoch (``epoch=None``: forever)."""
+    input_context=..., onward=...)`` is a ``tf.data.Dataset`` of one epoch (``onward``: that
+    epoch and every one after it; ``epoch=None``: forever from epoch 0)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -75,6 +76,10 @@ class Runtime:
     is_chief: bool = True
     worker_index: int = 0
     num_workers: int = 1
+    # (examples, next epoch, iterator) after a whole epoch, when ``carries_iterator``
+    _carried: tuple[Examples, int, Any] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def ranks_per_step(self) -> int:
@@ -104,9 +109,18 @@ class Runtime:
         saving is a collective operation, every worker (the others to a scratch folder)."""
         return self.is_chief
 
-    def epoch_dataset(self, examples: Examples, epoch: int) -> Any:
-        """Epoch ``epoch``'s batches for this process: the strategy splits each global batch
-        among its replicas."""
+    @property
+    def carries_iterator(self) -> bool:
+        """Whether one iterator runs on from an epoch into the next (``run_steps`` builds the
+        dataset once a run, not once an epoch: 0.1-0.3 s each on two loaded cores). Only where
+        an epoch's batches are exactly the steps the Trainer takes: one process batching all
+        the examples with this class's ``epoch_dataset`` (N // global batch, both ways); a
+        worker's shard of a cluster may hold a batch more than its steps."""
+        return self.num_workers == 1 and type(self).epoch_dataset is Runtime.epoch_dataset
+
+    def epoch_dataset(self, examples: Examples, epoch: int, onward: bool = False) -> Any:
+        """Epoch ``epoch``'s batches for this process (``onward``: and the epochs after it):
+        the strategy splits each global batch among its replicas."""
         return self.strategy.distribute_datasets_from_function(
             lambda context: examples.batches(
                 examples.x,
@@ -114,8 +128,19 @@ class Runtime:
                 context.get_per_replica_batch_size(examples.global_batch),
                 epoch=epoch,
                 input_context=context,
+                onward=onward,
             )
         )
+
+    def _epoch_iterator(self, examples: Examples, epoch: int) -> Any:
+        """An iterator whose next batches are epoch ``epoch``'s: the one the previous epoch
+        left, where it may be carried on and that epoch ended whole; else a new one."""
+        if not self.carries_iterator:
+            return iter(self.epoch_dataset(examples, epoch))
+        carried, self._carried = self._carried, None
+        if carried is not None and carried[0] is examples and carried[1] == epoch:
+            return carried[2]
+        return iter(self.epoch_dataset(examples, epoch, onward=True))
 
     def run_steps(
         self, step: Step, examples: Examples, epoch: int, count: int
@@ -125,12 +150,14 @@ class Runtime:
         ``steps_per_call`` steps."""
         import tensorflow as tf
 
-        iterator = iter(self.epoch_dataset(examples, epoch))
+        iterator = self._epoch_iterator(examples, epoch)
         done = 0
         while done < count:
             size = 1 if done == 0 else min(self.steps_per_call, count - done)
             yield step(iterator, tf.constant(size, tf.int32))  # a tensor: one trace, a loop
             done += size
+        if self.carries_iterator and count == len(examples.x) // examples.global_batch:
+            self._carried = (examples, epoch + 1, iterator)  # all its batches: the next follow
 
     def wrap_tape(self, tape: tf.GradientTape) -> tf.GradientTape:
         """Hook for all-reducing gradients outside tf.distribute (Horovod overrides it)."""

@@ -88,6 +88,7 @@ def make_dataset(
     seed: int,
     epoch: int | None,
     input_context: Any = None,
+    onward: bool = False,
 ) -> Any:
     """Batches of (float32 [batch, *image] in [0, 1], int32 labels), shuffled by seed and epoch.
 
@@ -96,9 +97,11 @@ def make_dataset(
     batched into index rows; each row gathers and scales a whole batch at once and batches are
     prefetched. An element-wise ``shuffle`` of 60,000 indices costs more than the training step
     itself on two cores. With ``epoch`` the order depends only on ``seed`` and the epoch, so a
-    resumed run sees the same batches as an uninterrupted one; with ``epoch=None`` it repeats
-    forever with a new order each pass (parameter-server workers). ``input_context`` gives
-    each worker its own slice of every epoch's permutation.
+    resumed run sees the same batches as an uninterrupted one; with ``onward`` the epochs after
+    ``epoch`` follow it, each exactly as its own dataset would be (one dataset, and one
+    iterator, for a whole run); with ``epoch=None`` it repeats forever with a new order each
+    pass, from epoch 0 (parameter-server workers). ``input_context`` gives each worker its own
+    slice of every epoch's permutation.
     """
     import tensorflow as tf
 
@@ -108,11 +111,8 @@ def make_dataset(
     shards, shard = 1, 0
     if input_context is not None:
         shards, shard = input_context.num_input_pipelines, input_context.input_pipeline_id
-    epochs = (
-        tf.data.Dataset.range(epoch, epoch + 1)
-        if epoch is not None
-        else tf.data.Dataset.range(2**62)
-    )
+    first, last = (0, 2**62) if epoch is None else (epoch, 2**62 if onward else epoch + 1)
+    epochs = tf.data.Dataset.range(first, last)
 
     def epoch_batches(epoch_number: Any) -> Any:
         order = tf.random.experimental.stateless_shuffle(

@@ -172,3 +172,43 @@ def test_warming_up_compiles_the_step_and_changes_no_state():
     assert len(pairs) > 6 + 12  # weights, slots, and more: the step count, seeds
     for a, b in pairs:
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_one_process_carries_one_iterator_through_whole_epochs_with_each_epochs_batches():
+    """In one process an epoch that ran all its steps leaves its iterator to the next: the
+    dataset is built once for the run, and every epoch still trains exactly the batches of
+    its own dataset (the seed's and epoch's order). An epoch cut short is not carried on: the
+    next one builds a dataset of its own, starting at its own first batch."""
+    from training.runtime import Examples
+    from training.train import make_dataset
+
+    data = _data(4 * 64 + 10)  # 4 batches of 64 an epoch, 10 left over
+    x, y = data.x_train.reshape(-1, 784), data.y_train.astype(np.int32)
+    built = []
+
+    def batches(*args: Any, **kwargs: Any) -> Any:
+        built.append(kwargs["epoch"])
+        return make_dataset(*args, seed=5, **kwargs)
+
+    def labels_of(dataset: Any) -> list[list[int]]:
+        return [list(np.asarray(labels)) for _, labels in dataset]
+
+    def step(iterator: Any, size: Any) -> list[list[int]]:  # records the labels it trained
+        return [list(np.asarray(next(iterator)[1])) for _ in range(int(size))]
+
+    runtime, examples = _single(), Examples(x, y, 64, batches)
+    assert runtime.carries_iterator is True
+    expected = [labels_of(make_dataset(x, y, 64, seed=5, epoch=e)) for e in range(4)]
+    assert all(len(epoch) == 4 for epoch in expected) and expected[0] != expected[1]
+    for epoch in range(3):
+        calls = list(runtime.run_steps(step, examples, epoch, 4))
+        assert [batch for call in calls for batch in call] == expected[epoch]
+    assert built == [0]  # one dataset for the three epochs
+
+    calls = list(runtime.run_steps(step, examples, 3, 2))  # half of epoch 3 only
+    assert [batch for call in calls for batch in call] == expected[3][:2]
+    calls = list(runtime.run_steps(step, examples, 4, 4))
+    assert [batch for call in calls for batch in call] == labels_of(
+        make_dataset(x, y, 64, seed=5, epoch=4)
+    )
+    assert built == [0, 4]  # epoch 4 built its own: epoch 3 left batches unread
