@@ -532,13 +532,14 @@ def _flat_batch(body: bytes, form: ImageFormat, max_batch: int) -> np.ndarray | 
 
     None for anything else, and whenever simdjson is not installed: :func:`parse_request` then
     reads the body the careful way, which also explains what is wrong. Exactly this form, no
-    near miss: the body holds numbers and brackets only (:func:`_numbers_only`: one quoted
-    string, the key; no true, false or null), so its ``[`` are all arrays; there are the batch's
-    and one per image, and each of the ``n`` items of ``data`` is an array of ``form.pixels``
-    items, so no image holds another array, only numbers.
+    near miss: the body starts with its object (simdjson would skip a UTF-8 byte order mark,
+    which the careful path refuses) and holds numbers and brackets only (:func:`_numbers_only`:
+    one quoted string, the key; no true, false or null), so its ``[`` are all arrays; there are
+    the batch's and one per image, and each of the ``n`` items of ``data`` is an array of
+    ``form.pixels`` items, so no image holds another array, only numbers.
     """
-    if simdjson is None or not _numbers_only(body):
-        return None
+    if simdjson is None or body[:1] != b"{" or not _numbers_only(body):
+        return None  # a body that starts otherwise (whitespace, or a BOM simdjson would skip)
     parser = getattr(_parsers, "parser", None)
     if parser is None:
         parser = _parsers.parser = simdjson.Parser()

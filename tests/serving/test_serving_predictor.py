@@ -327,6 +327,10 @@ NEAR_MISSES = {
     "negative zero": f'{{"data": [[{_P}-0.0]]}}',  # a valid pixel, read the careful way
     "boolean": f'{{"data": [[{_P}true]]}}',
     "trailing garbage": f'{{"data": [[{_P}0.5]]}} x',
+    "byte order mark": f'\ufeff{{"data": [[{_P}0.5]]}}',  # simdjson alone would skip it
+    "leading zero": f'{{"data": [[{_P}00.5]]}}',
+    "plus sign": f'{{"data": [[{_P}+0.5]]}}',
+    "bare fraction": f'{{"data": [[{_P}.5]]}}',
 }
 
 
@@ -384,7 +388,7 @@ def test_the_range_check_is_exact_at_its_edges(simdjson, monkeypatch):
 
     if not simdjson:
         monkeypatch.setattr(predictor, "simdjson", None)
-    for pixel in ("0", "-0.0", "5e-324", "0.9999999999999999", "1", "1.0"):
+    for pixel in ("0", "-0.0", "5e-324", "1e-400", "0.9999999999999999", "1", "1.0", "1e0"):
         image = parse_request(f'{{"data": [[{_P}{pixel}]]}}'.encode(), FLAT)
         assert image[0, -1] == float(pixel), pixel
     for pixel in ("-5e-324", "-1", "1.0000000000000002", "1e308", "Infinity", "-Infinity", "NaN"):
