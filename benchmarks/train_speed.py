@@ -8,7 +8,7 @@ baselines, all measured in this process, one after the other (round-robin with -
   of an epoch, the same WarmupCosine schedule, batch, label smoothing and epochs;
 - plain Keras: the way most samples do it (``fit``, Adam at its default rate, batch 128);
 - ours: ``training.train`` with every default (MLflow into a scratch store), and once more
-  with ``--epochs 3`` (a shorter schedule).
+  with ``--epochs 3`` (the goal's schedule; today's default is 3 epochs too, so the same run).
 
 Seconds to 98.0% test accuracy count training only (compilation included: ours compiles its
 step before the first epoch, Keras in it; the per-epoch evaluation excluded), for every
