@@ -176,7 +176,7 @@ def test_two_replica_step_equals_one_replica_step_on_the_same_global_batch():
         data = Mnist(images, labels, images[:10], labels[:10], Path())
         common = ["--dropout", "0", "--epochs", "2", "--no-tracking"]
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-        two = Trainer(parse_args(common + ["--batch-size", "100"]),
+        two = Trainer(parse_args(common + ["--batch-size", "100", "--learning-rate", "0.003"]),
                       Runtime("mirrored", strategy, num_replicas=2), data)
         rate = str(0.003 * math.sqrt(2))
         one = Trainer(parse_args(common + ["--batch-size", "200", "--learning-rate", rate]),
