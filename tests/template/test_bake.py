@@ -15,6 +15,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -179,8 +181,14 @@ class Bakes(dict):
 
 
 @pytest.fixture(scope="module")
-def baked(tmp_path_factory: pytest.TempPathFactory) -> Bakes:
-    return Bakes(tmp_path_factory.mktemp("bakes"))
+def baked() -> Iterator[Bakes]:
+    """Outside pytest's temporary root: a fork's own tests run there, and its demo test checks
+    that `demo --fresh` refuses a folder that holds the repository (a common parent would)."""
+    out = Path(tempfile.mkdtemp(prefix="bakes-"))
+    try:
+        yield Bakes(out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def test_defaults_are_the_repository_values() -> None:
