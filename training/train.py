@@ -223,7 +223,11 @@ class Trainer:
         self.jit = MODELS[config.model].jit and runtime.compiles_step
         if self.jit:
             use_fast_xla_cpu_random()
-        self._replica = tf.function(self._replica_step, jit_compile=True) if self.jit else None
+        # No AutoGraph for the compiled step: it has no Python control flow on tensors, and
+        # converting it (Keras' calls included) costs ~0.1 s of its ~0.4 s trace.
+        self._replica = (
+            tf.function(self._replica_step, jit_compile=True, autograph=False) if self.jit else None
+        )
         self._steps = tf.function(self._distributed_steps)
         self._predict = tf.function(
             lambda x: self.model(x, training=False),
@@ -269,10 +273,11 @@ class Trainer:
     def warm_up(self) -> None:
         """Trace and XLA-compile the step before the first epoch's clock starts.
 
-        Runs one step of a throw-away iterator, then puts every variable of the model (weights
-        and Dropout seeds) and the optimizer (slots, step count) back as they were, so training
-        continues from exactly the state it had. Only a compiled step is warmed up (it runs on
-        one replica); an uncompiled one traces in its first call.
+        Runs one step on a batch of zeros (``_warm_up_batches``: the epochs' element spec, so
+        the function traced and compiled is the one they call), then puts every variable of the
+        model (weights and Dropout seeds) and the optimizer (slots, step count) back as they
+        were, so training continues from exactly the state it had. Only a compiled step is
+        warmed up (it runs on one replica); an uncompiled one traces in its first call.
         """
         import tensorflow as tf
 
@@ -280,10 +285,23 @@ class Trainer:
             return
         state = [*self.model.variables, *self.optimizer.variables]
         saved = [variable.numpy() for variable in state]
-        iterator = iter(self.runtime.epoch_dataset(self.examples, 0))
-        self._steps(iterator, tf.constant(1, tf.int32))
+        self._steps(iter(self._warm_up_batches()), tf.constant(1, tf.int32))
         for variable, value in zip(state, saved, strict=True):
             variable.assign(value)
+
+    def _warm_up_batches(self) -> Any:
+        """One batch of zeros, repeated, distributed as ``Runtime.epoch_dataset`` distributes
+        the epochs' batches: the same element spec (float32 images, int32 labels, the replica's
+        batch) without building the shuffled pipeline over every example (0.1-0.3 s) for one
+        step. Only runtimes that compile the step warm up, and they batch that way."""
+        import tensorflow as tf
+
+        def batches(context: Any) -> Any:
+            size = context.get_per_replica_batch_size(self.global_batch)
+            x = tf.zeros([size, *self.x_train.shape[1:]], tf.float32)
+            return tf.data.Dataset.from_tensors((x, tf.zeros([size], tf.int32))).repeat()
+
+        return self.runtime.strategy.distribute_datasets_from_function(batches)
 
     def train_epoch(self, epoch: int) -> tuple[float, float, int]:
         """One pass over the training data: (mean loss, accuracy, examples seen)."""
