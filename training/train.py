@@ -46,6 +46,7 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -270,14 +271,16 @@ class Trainer:
             correct_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
         return loss_sum, correct_sum
 
-    def warm_up(self) -> None:
+    def warm_up(self, epoch: int = 0) -> None:
         """Trace and XLA-compile the step before the first epoch's clock starts.
 
         Runs one step on a batch of zeros (``_warm_up_batches``: the epochs' element spec, so
         the function traced and compiled is the one they call), then puts every variable of the
         model (weights and Dropout seeds) and the optimizer (slots, step count) back as they
-        were, so training continues from exactly the state it had. Only a compiled step is
-        warmed up (it runs on one replica); an uncompiled one traces in its first call.
+        were, so training continues from exactly the state it had. While XLA compiles (in a
+        thread: compiling holds no Python lock), the runtime builds the iterator of ``epoch``,
+        the first to train (``Runtime.prepare_epoch``). Only a compiled step is warmed up (it
+        runs on one replica); an uncompiled one traces in its first call.
         """
         import tensorflow as tf
 
@@ -285,7 +288,12 @@ class Trainer:
             return
         state = [*self.model.variables, *self.optimizer.variables]
         saved = [variable.numpy() for variable in state]
-        self._steps(iter(self._warm_up_batches()), tf.constant(1, tf.int32))
+        iterator, count = iter(self._warm_up_batches()), tf.constant(1, tf.int32)
+        self._steps.get_concrete_function(iterator, count)  # tracing holds the Python lock
+        with ThreadPoolExecutor(1) as pool:
+            compiled = pool.submit(self._steps, iterator, count)
+            self.runtime.prepare_epoch(self.examples, epoch)
+            compiled.result()
         for variable, value in zip(state, saved, strict=True):
             variable.assign(value)
 
@@ -376,7 +384,7 @@ def train(
             }
         )
     began = time.perf_counter()
-    trainer.warm_up()
+    trainer.warm_up(start)
     startup_seconds = time.perf_counter() - began
     train_seconds = sum(row["seconds"] for row in history)
     examples, fresh_seconds = 0, 0.0  # this process's own work, for its throughput

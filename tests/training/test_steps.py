@@ -144,9 +144,9 @@ def test_the_xla_flag_is_added_once_and_never_overrides_the_users(monkeypatch, b
 
 
 def test_warming_up_compiles_the_step_and_changes_no_state():
-    """After ``warm_up`` (one step on a throw-away iterator, then every variable put back) an
-    epoch trains to exactly the weights, Adam slots, step count and Dropout seeds of a trainer
-    that did not warm up, and its first call no longer compiles."""
+    """After ``warm_up`` (one step on a batch of zeros, then every variable put back; epoch 0's
+    iterator built meanwhile) an epoch trains to exactly the weights, Adam slots, step count and
+    Dropout seeds of a trainer that did not warm up, and its first call no longer compiles."""
     import time
 
     from training.config import parse_args
@@ -157,6 +157,7 @@ def test_warming_up_compiles_the_step_and_changes_no_state():
     warm, cold = (_seeded(Trainer, args, _single(), data) for _ in range(2))
     warm.warm_up()
     assert int(warm.optimizer.iterations.numpy()) == 0
+    assert warm.runtime._carried is not None and warm.runtime._carried[1] == 0  # prepared
     first_calls = []
     for trainer in (warm, cold):
         began = time.perf_counter()
