@@ -76,7 +76,7 @@ def test_first_rollout_creates_the_endpoint_and_serves_the_real_scorer(
     endpoint_put = fake.endpoint_puts("mnist-digits")[0].json()
     assert endpoint_put["properties"]["authMode"] == "AADToken"
 
-    environment = fake.arm_calls("PUT", "/environments/tf-mnist-serving/versions/4")[0].json()
+    environment = fake.arm_calls("PUT", "/environments/tf-mnist-serving/versions/5")[0].json()
     assert environment["properties"]["image"].startswith("mcr.microsoft.com/azureml/openmpi5.0")
     assert "azureml-inference-server-http==1.4.1" in environment["properties"]["condaFile"]
     assert "azureml-ai-monitoring==1.0.0" in environment["properties"]["condaFile"]
@@ -96,7 +96,7 @@ def test_first_rollout_creates_the_endpoint_and_serves_the_real_scorer(
     (put,) = fake.arm_calls("PUT", "/onlineEndpoints/mnist-digits/deployments/blue")
     properties = put.json()["properties"]
     assert properties["model"] == f"{WS_PATH}/models/tf-mnist/versions/2"
-    assert properties["environmentId"] == f"{WS_PATH}/environments/tf-mnist-serving/versions/4"
+    assert properties["environmentId"] == f"{WS_PATH}/environments/tf-mnist-serving/versions/5"
     assert properties["codeConfiguration"]["scoringScript"] == "score.py"
     assert properties["codeConfiguration"]["codeId"].startswith(f"{WS_PATH}/codes/")
     assert properties["instanceType"] == "Standard_DS3_v2"
