@@ -21,9 +21,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
-MACHINERY = ("template/", "tests/template/")
+from tests.template.forks import REMOVED, ROOT, VENV_BIN, files_under, tracked_files
 
 DEFAULTS = {
     "project_name": "Train and deploy a TensorFlow model at scale on Azure Machine Learning",
@@ -56,49 +54,6 @@ COMBOS = {
     },
     "private_low_priority": {"network_profile": "private", "low_priority": "yes"},
     "acme": ACME,
-}
-
-# What each feature answered "no" takes away (the rest of the tree stays).
-FEATURE_FILES = {
-    "horovod": [
-        "docs/horovod.md",
-        "scripts/horovod_launch.py",
-        "tests/scripts/test_horovod_launch.py",
-        "tests/training/test_horovod.py",
-        "training/environments/horovod/Dockerfile",
-        "training/environments/horovod/build_env.py",
-        "training/environments/horovod/environment.yml",
-        "training/environments/horovod/requirements.txt",
-        "training/horovod_runtime.py",
-        "training/jobs/horovod.yml",
-    ],
-    "parameter_server": [
-        "tests/training/test_parameter_server_runtime.py",
-        "training/jobs/parameter_server.yml",
-        "training/parameter_server_runtime.py",
-    ],
-    "github_actions": [
-        ".github/scripts/job_report.py",
-        ".github/workflows/ci.yml",
-        ".github/workflows/deploy.yml",
-        ".github/workflows/infra.yml",
-        ".github/workflows/train.yml",
-        "docs/ci-cd.md",
-        "infra/bootstrap/Pulumi.yaml",
-        "infra/bootstrap/__init__.py",
-        "infra/bootstrap/__main__.py",
-        "infra/bootstrap/config.py",
-        "infra/bootstrap/program.py",
-        "tests/infra/bootstrap/bootstrap_harness.py",
-        "tests/infra/bootstrap/conftest.py",
-        "tests/infra/bootstrap/test_bootstrap_program.py",
-        "tests/workflows/test_job_report.py",
-        "tests/workflows/test_workflow_lint.py",
-        "tests/workflows/test_workflow_log_contract.py",
-        "tests/workflows/test_workflow_policy.py",
-        "tests/workflows/test_workflow_references.py",
-        "tests/workflows/workflow_files.py",
-    ],
 }
 
 # The fast suite of the Acme fork (the README's command) runs whole; the all-off and private
@@ -146,23 +101,11 @@ def _cookiecutter(
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def tracked() -> list[str]:
-    """The repository's tracked files as they are on disk, without the template machinery."""
-    names = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split("\0")
-    return sorted(n for n in names if n and not n.startswith(MACHINERY) and (ROOT / n).is_file())
-
-
-def tree(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-
-
 def expected_tree(combo: str) -> list[str]:
     answers = _answers(combo)
-    gone = {path for feature, paths in FEATURE_FILES.items() if answers[feature] == "no"
+    gone = {path for feature, paths in REMOVED.items() if answers[feature] == "no"
             for path in paths}  # fmt: skip
-    return sorted({*tracked(), ".cruft.json"} - gone)
+    return sorted({*tracked_files(), ".cruft.json"} - gone)
 
 
 class Bakes(dict):
@@ -205,7 +148,7 @@ def test_defaults_are_the_repository_values() -> None:
 
 @pytest.mark.parametrize("combo", list(COMBOS))
 def test_file_tree(baked: Bakes, combo: str) -> None:
-    assert tree(baked[combo]) == expected_tree(combo)
+    assert sorted(files_under(baked[combo])) == expected_tree(combo)
 
 
 def test_defaults_reproduce_the_repository(baked: Bakes) -> None:
@@ -214,7 +157,7 @@ def test_defaults_reproduce_the_repository(baked: Bakes) -> None:
     assert project.name == "tf-mnist-azureml"
     different = [
         name
-        for name in tracked()
+        for name in tracked_files()
         if (project / name).read_bytes() != (ROOT / name).read_bytes()
         or os.access(project / name, os.X_OK) != os.access(ROOT / name, os.X_OK)
     ]
@@ -230,7 +173,7 @@ def test_defaults_reproduce_the_repository(baked: Bakes) -> None:
 def test_no_template_leftovers(baked: Bakes, combo: str) -> None:
     """No Jinja or cookiecutter variable survives, and no file gains a `{{` of its own."""
     project, problems = baked[combo], []
-    for name in tree(project):
+    for name in sorted(files_under(project)):
         if name == ".cruft.json":
             continue
         text = (project / name).read_bytes().decode("utf-8", errors="replace")
@@ -245,7 +188,7 @@ def test_acme_names_everywhere(baked: Bakes) -> None:
     project = baked["acme"]
     found = [
         f"{name}: {pattern}"
-        for name in tree(project)
+        for name in sorted(files_under(project))
         if name != ".cruft.json"
         for pattern in OLD_NAMES
         if re.search(pattern, (project / name).read_text(encoding="utf-8", errors="replace"), re.M)
@@ -278,7 +221,11 @@ def test_acme_names_everywhere(baked: Bakes) -> None:
 def test_owner_renamed(baked: Bakes) -> None:
     """The all-off fork also has another owner: the tag default, the prod stack, the tests."""
     project = baked["all_off"]
-    left = [n for n in tree(project) if "ml-platform" in (project / n).read_text(errors="replace")]
+    left = [
+        n
+        for n in sorted(files_under(project))
+        if "ml-platform" in (project / n).read_text(errors="replace")
+    ]
     assert left == []
     pulumi = (project / "Pulumi.yaml").read_text(encoding="utf-8")
     assert re.search(r"(?m)^  owner:\n(?:    .*\n)*?    default: ai-lab$", pulumi)
@@ -389,7 +336,7 @@ def _throwaway_template(where: Path) -> Path:
     """A git copy of this repository's working tree (tracked files and template/) at one
     commit."""
     copy = where / "template-repo"
-    for name in tracked() + [
+    for name in tracked_files() + [
         n for n in subprocess.run(
             ["git", "ls-files", "-co", "--exclude-standard", "-z", "template"],
             cwd=ROOT, capture_output=True, text=True, check=True,
