@@ -430,7 +430,10 @@ def write_cruft_state(repo: Path, context: Mapping[str, object], project_dir: Pa
     fork baked by plain cookiecutter."""
     url = template_url(repo, context)
     commit = _git("rev-parse", "HEAD", cwd=repo).strip()
-    recorded = {k: v for k, v in context.items() if not k.startswith("_")}
+    # In cookiecutter.json's order, as cruft writes them (the hook's context comes sorted), so
+    # that a fork's first `cruft update` changes no more of this file than the commit.
+    order = [*defaults(), *sorted(context)]
+    recorded = {k: context[k] for k in dict.fromkeys(order) if k in context and k[0] != "_"}
     recorded.update({"_template": url, "_commit": commit})
     state = {
         "template": url,
